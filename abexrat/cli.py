@@ -1,0 +1,264 @@
+"""The ``abexrat`` command line: data, embed, train, evaluate, predict.
+
+Bad input ends in one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from abexrat.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Hyperparameter searches and ablations of ABEX-RAT (OSHA accident-report classification).")
+data_app = typer.Typer(no_args_is_help=True, help="Get and check datasets.")
+app.add_typer(data_app, name="data")
+out = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="OSHA files folder (else $ABEXRAT_DATA_DIR, else the cache)")]
+
+
+class Progress:
+    """Rich progress bars on stderr; ``task(name, total)`` returns an advance(n) function."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+
+    def task(self, name: str, total: int) -> Callable[[int], None]:
+        tid = self.bar.add_task(name, total=total)
+        return lambda n=1: self.bar.advance(tid, n)
+
+
+@contextmanager
+def progress() -> Iterator[Progress]:
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as RichProgress
+
+    with RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=err, transient=False) as bar:
+        yield Progress(bar)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+# ---------------------------------------------------------------- data
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="dataset to download: osha")] = "osha",
+    data_dir: DataDir = None,
+    url: Annotated[str | None, typer.Option(help="base URL instead of the pinned GitHub commit (a mirror)")] = None,
+) -> None:
+    """Download the OSHA splits from the paper's pinned commit and verify their sha256."""
+    from abexrat.data import fetch_osha, resolve_data_dir
+
+    if name != "osha":
+        raise UserError(f"data fetch: unknown dataset {name!r} (known: osha)")
+    files = fetch_osha(data_dir, url, progress=lambda f, n: err.print(f"downloaded {f} ({n:,} bytes)"))
+    out.print(f"OSHA splits verified in {resolve_data_dir(data_dir)} ({len(files)} files)")
+
+
+@data_app.command("check")
+def data_check(
+    config: Annotated[Path | None, typer.Argument(help="a train config naming the dataset (default: osha)")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Load a dataset, print class counts per split, and fail (exit 2) on any problem."""
+    from abexrat.config import load_train_config
+    from abexrat.experiment import load_dataset
+
+    cfg = load_train_config(config, [f"data.data_dir={data_dir}"] if data_dir else [])
+    ds = load_dataset(cfg)
+    counts = ds.class_counts()
+    table = Table(title=f"{ds.name}: reports per class")
+    table.add_column("class")
+    for split in counts:
+        table.add_column(split, justify="right")
+    for c in ds.classes:
+        table.add_row(c, *(str(counts[s][c]) for s in counts))
+    table.add_row("total", *(str(sum(counts[s].values())) for s in counts), style="bold")
+    out.print(table)
+    notes = [f"{s}: class {c!r} has {n} report(s): its F1 moves in large steps"
+             for s in ("val", "test") for c, n in counts[s].items() if 0 < n < 5]
+    notes += [f"{s}: class {c!r} has no reports" for s in ("val", "test") for c, n in counts[s].items() if n == 0]
+    for note in notes:
+        out.print(f"[yellow]note[/]: {note}")
+    out.print("no problems found")
+
+
+# ---------------------------------------------------------------- embed
+
+
+@app.command()
+def embed(
+    config: Annotated[Path | None, typer.Argument(help="a train config (dataset + encoder)")] = None,
+    encoder: Annotated[str | None, typer.Option(help="encoder: wordllama, tfidf-svd, hybrid, hf:<model>, vllm:<model>")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Embed every split of the dataset into the cache (a rerun encodes nothing it has seen)."""
+    from abexrat.config import load_train_config
+    from abexrat.experiment import build_encoder, featurize, load_dataset
+
+    sets = ([f"encoder.name={encoder}"] if encoder else []) + ([f"data.data_dir={data_dir}"] if data_dir else [])
+    cfg = load_train_config(config, sets)
+    ds = load_dataset(cfg)
+    enc = build_encoder(cfg)
+    n = len(ds.train) + len(ds.synthetic) + len(ds.val) + len(ds.test)
+    t0 = time.perf_counter()
+    with progress() as bar:
+        feats = featurize(ds, enc, progress=bar.task(f"encoding with {cfg.encoder.name}", n))
+    s = feats.stats
+    out.print(f"{n} texts, dim {enc.dim}: {s.encoded} encoded, {s.cached} cached "
+              f"({s.encode_s:.2f} s encoding, {time.perf_counter() - t0:.2f} s in all); key {enc.key}")
+
+
+# ---------------------------------------------------------------- train
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="train config YAML, e.g. studies/baseline.yaml")],
+    out_dir: Annotated[Path, typer.Option("--out", help="run folder to write")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override: key=value (e.g. adversarial.eps=0.3)")] = None,
+    seeds: Annotated[int | None, typer.Option(help="number of seeds (seed .. seed+N-1)")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Train one configuration with N seeds; write metrics.json and one model per seed."""
+    from abexrat.config import load_train_config
+    from abexrat.experiment import run_config
+
+    overrides = list(set_ or [])
+    if seeds is not None:
+        overrides.append(f"seeds={seeds}")
+    if data_dir:
+        overrides.append(f"data.data_dir={data_dir}")
+    cfg = load_train_config(config, overrides)
+    with progress() as bar:
+        m = run_config(cfg, out_dir, bar)
+    table = Table(title=f"{cfg.name}: {len(m['seeds'])} seed(s), mean ± std")
+    for col in ("split", "macro-F1", "weighted-F1", "accuracy"):
+        table.add_column(col, justify="right" if col != "split" else "left")
+    for split in ("val", "test"):
+        table.add_row(split, *(f"{_pct(m[split][k]['mean'])} ± {_pct(m[split][k]['std'])}"
+                               for k in ("macro_f1", "weighted_f1", "accuracy")))
+    out.print(table)
+    t = m["timings"]
+    out.print(f"encoding {t['encode_s']:.1f} s ({t['texts_encoded']} encoded, {t['texts_cached']} cached), "
+              f"training {t['train_s']:.1f} s, total {t['total_s']:.1f} s; wrote {out_dir}/metrics.json")
+
+
+# ---------------------------------------------------------------- evaluate / predict
+
+
+def _read_unlabeled(path: Path, text_column: str | None) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    from abexrat.data import Columns, _row_text, read_rows
+
+    rows = read_rows(path)
+    if not rows:
+        raise UserError(f"{path}: no rows")
+    cols = Columns(text=text_column)
+    texts = [_row_text(path, i, r, cols) for i, r in enumerate(rows)]
+    ids = [str(r.get("id", r.get("idx", i))) for i, r in enumerate(rows)]
+    return ids, texts, rows
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="a trained run folder")],
+    data: Annotated[Path, typer.Argument(help="labeled reports: .json, .jsonl, .csv or .parquet")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the scores here")] = None,
+    text_column: Annotated[str | None, typer.Option(help="column with the whole text (default: title + summary)")] = None,
+    label_column: Annotated[str, typer.Option(help="column with the label")] = "gold",
+) -> None:
+    """Score a run's seed models on any labeled dataset with the same classes."""
+    import numpy as np
+
+    from abexrat.embed import embed_texts
+    from abexrat.experiment import load_run
+    from abexrat.io import write_json
+    from abexrat.metrics import score
+    from abexrat.train import predict_proba
+
+    run = load_run(run_dir)
+    ids, texts, rows = _read_unlabeled(data, text_column)
+    index = {c: k for k, c in enumerate(run.classes)}
+    y = []
+    for i, r in enumerate(rows):
+        label = r.get(label_column)
+        if label not in index:
+            what = "missing" if label is None else f"{label!r} is not a class of this run"
+            raise UserError(f"{data}: row {i}: label column {label_column!r}: {what}")
+        y.append(index[label])
+    with progress() as bar:
+        X = embed_texts(run.encoder, texts, progress=bar.task("encoding", len(texts)))
+    s = score(np.asarray(y), predict_proba(run.model, X).argmax(-1), run.classes)
+    result = {"run": str(run_dir), "data": str(data), "n": len(texts), "seeds": run.seeds,
+              **{k: s[k]["mean"] for k in ("macro_f1", "weighted_f1", "accuracy")},
+              "std": {k: s[k]["std"] for k in ("macro_f1", "weighted_f1", "accuracy")},
+              "per_class": {c: {k: v["mean"] if isinstance(v, dict) else v for k, v in d.items()}
+                            for c, d in s["per_class"].items()}}
+    table = Table(title=f"{data.name}: {len(texts)} reports, mean over {len(run.seeds)} seed(s)")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c, d in result["per_class"].items():
+        table.add_row(c, _pct(d["precision"]), _pct(d["recall"]), _pct(d["f1"]), str(d["support"]))
+    out.print(table)
+    out.print(f"macro-F1 {_pct(result['macro_f1'])}  weighted-F1 {_pct(result['weighted_f1'])}  "
+              f"accuracy {_pct(result['accuracy'])}")
+    if json_out:
+        write_json(json_out, result)
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="a trained run folder")],
+    input_file: Annotated[Path, typer.Argument(help="reports: .json, .jsonl, .csv or .parquet (title/summary or --text-column)")],
+    text_column: Annotated[str | None, typer.Option(help="column with the whole text (default: title + summary)")] = None,
+    json_lines: Annotated[bool, typer.Option("--jsonl", help="print one JSON object per report")] = False,
+) -> None:
+    """Print a label and class probabilities (mean over the run's seeds) for each report."""
+    from abexrat.embed import embed_texts
+    from abexrat.experiment import load_run
+    from abexrat.train import predict_proba
+
+    run = load_run(run_dir)
+    ids, texts, _ = _read_unlabeled(input_file, text_column)
+    X = embed_texts(run.encoder, texts)
+    proba = predict_proba(run.model, X).mean(0)
+    for rid, p in zip(ids, proba):
+        label = run.classes[int(p.argmax())]
+        probs = {c: round(float(v), 4) for c, v in zip(run.classes, p)}
+        if json_lines:
+            sys.stdout.write(json.dumps({"id": rid, "label": label, "probabilities": probs}) + "\n")
+        else:
+            top = sorted(probs.items(), key=lambda kv: -kv[1])[:3]
+            out.print(f"{rid}\t{label}\t" + "  ".join(f"{c}={v:.3f}" for c, v in top))
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as e:
+        err.print(f"[red]error[/]: {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

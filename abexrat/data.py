@@ -1,0 +1,373 @@
+"""Datasets: the published OSHA splits, a user's own tables, splits, folds and downloads.
+
+A report's text is its title and summary joined, whitespace collapsed. Rows are checked
+on load; every problem is a :class:`UserError` naming the file and the row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from abexrat.errors import UserError
+from abexrat.io import cache_dir, sha256_file, write_bytes
+
+OSHA_CLASSES: tuple[str, ...] = (
+    "FALLS,SLIPS,TRIPS",
+    "CONTACT WITH OBJECTS AND EQUIPMENT",
+    "EXPOSURE TO HARMFUL SUBSTANCES OR ENVIRONMENTS",
+    "TRANSPORTATION INCIDENTS",
+    "FIRES AND EXPLOSIONS",
+    "OVEREXERTION AND BODILY REACTION",
+    "VIOLENCE AND OTHER INJURIES BY PERSONS OR ANIMALS",
+)
+OSHA_COMMIT = "ac3a80cc4ba2b0c7a327c86f7d97d9fd1dd62200"
+OSHA_URL = f"https://raw.githubusercontent.com/nxcc-lab/ABEX-RAT/{OSHA_COMMIT}/data"
+OSHA_FILES: dict[str, str] = {
+    "train_aug.json": "a8512aaed17f857245d3bbd1a8b13d64a42ae091759109489ecc3ee9d11662b0",
+    "val.json": "c4d4ff54b819193adaf7a84a64f3d9f4ac083d929ca153a34cbb6fb618c0336f",
+    "test.json": "f8032b6f87aea091e1cfff14da187ad27226da5f674a0a6d157d8e91d471871e",
+}
+_AUG_ID = re.compile(r"^(?P<src>.+)-aug-(?P<k>\d+)$")
+_SPACE = re.compile(r"\s+")
+
+
+def compose_text(title: str | None, summary: str | None) -> str:
+    """Title and summary as one report: whitespace collapsed, empty parts dropped."""
+    parts = [_SPACE.sub(" ", p).strip() for p in (title, summary) if p]
+    return " ".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Reports of one split. ``labels`` is an int64 array of shape (n,) indexing the classes."""
+
+    ids: list[str]
+    texts: list[str]
+    labels: np.ndarray
+    source_ids: list[str] = field(default_factory=list)  # synthetic rows: the original's id
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, index: np.ndarray | list[int]) -> Split:
+        index = np.asarray(index, dtype=np.int64)
+        src = [self.source_ids[i] for i in index] if self.source_ids else []
+        return Split([self.ids[i] for i in index], [self.texts[i] for i in index],
+                     self.labels[index], src)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Originals split three ways, plus a pool of synthetic training rows (may be empty)."""
+
+    name: str
+    classes: list[str]
+    train: Split
+    val: Split
+    test: Split
+    synthetic: Split
+
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        out = {}
+        for split in ("train", "synthetic", "val", "test"):
+            c = np.bincount(getattr(self, split).labels, minlength=len(self.classes))
+            out[split] = {name: int(n) for name, n in zip(self.classes, c)}
+        return out
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a JSON list, JSONL, CSV or Parquet file, as dicts."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            try:
+                rows = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+            if not isinstance(rows, list):
+                raise UserError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
+        elif suffix == ".jsonl":
+            rows = []
+            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}: line {lineno}: not valid JSON ({e.msg})") from None
+        elif suffix == ".csv":
+            import pyarrow.csv as pacsv
+
+            rows = pacsv.read_csv(path).to_pylist()
+        elif suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            rows = pq.read_table(path).to_pylist()
+        else:
+            raise UserError(f"{path}: unsupported format {suffix!r} (use .json, .jsonl, .csv or .parquet)")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+    except UserError:
+        raise
+    except Exception as e:  # pyarrow's own parse errors: keep the first line only
+        raise UserError(f"{path}: cannot read: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: row {i}: expected an object with fields, got {type(row).__name__}")
+    return rows
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which fields of a user's rows hold what. ``text`` wins over title + summary."""
+
+    text: str | None = None
+    label: str = "gold"
+    title: str = "title"
+    summary: str = "summary"
+    id: str = "id"
+
+
+def _row_text(path: Path, i: int, row: dict[str, Any], cols: Columns) -> str:
+    fields = [cols.text] if cols.text else [cols.title, cols.summary]
+    if not any(f in row for f in fields):
+        raise UserError(f"{path}: row {i}: missing column {' and '.join(map(repr, fields))}")
+    for f in fields:
+        if row.get(f) is not None and not isinstance(row[f], str):
+            raise UserError(f"{path}: row {i}: column {f!r} must be text, got {type(row[f]).__name__}")
+    text = compose_text(row.get(cols.text)) if cols.text else compose_text(row.get(cols.title), row.get(cols.summary))
+    if not text:
+        raise UserError(f"{path}: row {i}: empty or null text")
+    return text
+
+
+def _row_label(path: Path, i: int, row: dict[str, Any], cols: Columns) -> str:
+    if cols.label not in row:
+        raise UserError(f"{path}: row {i}: missing column {cols.label!r}")
+    label = row[cols.label]
+    if not isinstance(label, str) or not label.strip():
+        raise UserError(f"{path}: row {i}: label {cols.label!r} must be a non-empty string, got {label!r}")
+    return label.strip()
+
+
+@dataclass
+class _Rows:
+    path: Path
+    ids: list[str]
+    texts: list[str]
+    labels: list[str]
+
+
+def parse_rows(path: str | Path, cols: Columns = Columns(), id_fields: tuple[str, ...] = ("id", "idx")) -> _Rows:
+    """Read and check a labeled file: every row has text, a label and a unique id."""
+    path = Path(path)
+    rows = read_rows(path)
+    if not rows:
+        raise UserError(f"{path}: no rows")
+    ids, texts, labels, seen = [], [], [], {}
+    for i, row in enumerate(rows):
+        rid = next((row[f] for f in (cols.id, *id_fields) if row.get(f) is not None), i)
+        rid = str(rid)
+        if rid in seen:
+            raise UserError(f"{path}: row {i}: duplicate id {rid!r} (first at row {seen[rid]})")
+        seen[rid] = i
+        ids.append(rid)
+        texts.append(_row_text(path, i, row, cols))
+        labels.append(_row_label(path, i, row, cols))
+    return _Rows(path, ids, texts, labels)
+
+
+def _to_split(rows: _Rows, classes: list[str], rows_index: list[int] | None = None) -> Split:
+    index = {c: k for k, c in enumerate(classes)}
+    sel = range(len(rows.ids)) if rows_index is None else rows_index
+    for i in sel:
+        if rows.labels[i] not in index:
+            raise UserError(f"{rows.path}: row {i}: label {rows.labels[i]!r} never appears in training")
+    return Split([rows.ids[i] for i in sel], [rows.texts[i] for i in sel],
+                 np.array([index[rows.labels[i]] for i in sel], dtype=np.int64))
+
+
+def _check_disjoint(train: _Rows, other: _Rows, other_index: list[int] | None = None) -> None:
+    first = {t.lower(): i for i, t in enumerate(train.texts)}
+    for i in other_index if other_index is not None else range(len(other.texts)):
+        j = first.get(other.texts[i].lower())
+        if j is not None:
+            raise UserError(f"{other.path}: row {i}: the same report as {train.path} row {j} (id {train.ids[j]})")
+
+
+def _class_order(labels: list[str]) -> list[str]:
+    present = set(labels)
+    if present <= set(OSHA_CLASSES):
+        return [c for c in OSHA_CLASSES if c in present]
+    return sorted(present)
+
+
+# ---------------------------------------------------------------- OSHA
+
+
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
+    """``--data-dir``, then ``$ABEXRAT_DATA_DIR``, then the user cache."""
+    if data_dir:
+        return Path(data_dir)
+    if env := os.environ.get("ABEXRAT_DATA_DIR"):
+        return Path(env)
+    return cache_dir() / "data" / "osha"
+
+
+def load_osha(data_dir: str | Path | None = None) -> Dataset:
+    """The paper's splits: originals (int id) and synthetic rows (``"<src>-aug-<k>"``) of train_aug.json."""
+    d = resolve_data_dir(data_dir)
+    missing = [f for f in OSHA_FILES if not (d / f).is_file()]
+    if missing:
+        raise UserError(f"{d / missing[0]}: file not found (run `abexrat data fetch osha` or pass --data-dir)")
+    train_rows = parse_rows(d / "train_aug.json")
+    orig = [i for i, rid in enumerate(train_rows.ids) if not _AUG_ID.match(rid)]
+    synth = [i for i, rid in enumerate(train_rows.ids) if _AUG_ID.match(rid)]
+    val_rows, test_rows = parse_rows(d / "val.json"), parse_rows(d / "test.json")
+    return _assemble("osha", train_rows, orig, synth, val_rows, test_rows)
+
+
+def _assemble(name: str, train_rows: _Rows, orig: list[int], synth: list[int],
+              val_rows: _Rows, test_rows: _Rows) -> Dataset:
+    if not orig:
+        raise UserError(f"{train_rows.path}: no original (non-synthetic) training rows")
+    classes = _class_order([train_rows.labels[i] for i in orig])
+    train = _to_split(train_rows, classes, orig)
+    train = Split(train.ids, train.texts, train.labels, list(train.ids))
+    orig_ids = set(train.ids)
+    synthetic = _to_split(train_rows, classes, synth)
+    sources = []
+    for i, rid in zip(synth, synthetic.ids):
+        src = _AUG_ID.match(rid)["src"]  # type: ignore[index]
+        if src not in orig_ids:
+            raise UserError(f"{train_rows.path}: row {i}: synthetic row {rid!r} names source {src!r}, "
+                            "which is not a training report")
+        sources.append(src)
+    synthetic = Split(synthetic.ids, synthetic.texts, synthetic.labels, sources)
+    train_only = _Rows(train_rows.path, train.ids, train.texts, [train_rows.labels[i] for i in orig])
+    for rows in (val_rows, test_rows):
+        _check_disjoint(train_only, rows)
+    _check_disjoint(val_rows, test_rows)
+    return Dataset(name, classes, train, _to_split(val_rows, classes), _to_split(test_rows, classes), synthetic)
+
+
+def load_splits(train: str | Path, val: str | Path, test: str | Path, cols: Columns = Columns()) -> Dataset:
+    """A user's own three files; rows of train with ids ``"<src>-aug-<k>"`` are synthetic."""
+    tr = parse_rows(train, cols)
+    orig = [i for i, rid in enumerate(tr.ids) if not _AUG_ID.match(rid)]
+    synth = [i for i, rid in enumerate(tr.ids) if _AUG_ID.match(rid)]
+    return _assemble(Path(train).stem, tr, orig, synth, parse_rows(val, cols), parse_rows(test, cols))
+
+
+def load_table(path: str | Path, cols: Columns = Columns(), val_fraction: float = 0.1,
+               test_fraction: float = 0.1, seed: int = 0) -> Dataset:
+    """One labeled file with no splits: stratified train / val / test by ``seed``."""
+    rows = parse_rows(path, cols)
+    classes = _class_order(rows.labels)
+    counts = Counter(rows.labels)
+    tiny = [c for c, n in counts.items() if n < 3]
+    if tiny:
+        raise UserError(f"{path}: label {tiny[0]!r} has {counts[tiny[0]]} rows; a stratified split needs 3")
+    y = np.array([classes.index(label) for label in rows.labels])
+    idx_train, idx_val, idx_test = stratified_split(y, val_fraction, test_fraction, seed)
+    train = _to_split(rows, classes, list(idx_train))
+    train = Split(train.ids, train.texts, train.labels, list(train.ids))
+    train_rows = _Rows(rows.path, train.ids, train.texts, [rows.labels[i] for i in idx_train])
+    _check_disjoint(train_rows, rows, list(idx_val) + list(idx_test))
+    return Dataset(Path(path).stem, classes, train, _to_split(rows, classes, list(idx_val)),
+                   _to_split(rows, classes, list(idx_test)), Split([], [], np.zeros(0, np.int64), []))
+
+
+def stratified_split(y: np.ndarray, val_fraction: float, test_fraction: float,
+                     seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices (train, val, test), each class split in the given fractions (at least one row each)."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    rest, test = train_test_split(idx, test_size=test_fraction, stratify=y, random_state=seed)
+    frac = val_fraction / (1.0 - test_fraction)
+    train, val = train_test_split(rest, test_size=frac, stratify=y[rest], random_state=seed)
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
+def stratified_folds(y: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` stratified (train_index, held_out_index) pairs over ``y`` of shape (n,)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(np.asarray(a), np.asarray(b)) for a, b in folds.split(np.zeros(len(y)), y)]
+
+
+# ---------------------------------------------------------------- augmentation ratio
+
+
+def select_synthetic(pool: Split, n_classes: int, ratio: float, seed: int,
+                     allowed_sources: set[str] | None = None) -> np.ndarray:
+    """Indices into ``pool``: per class, the first ceil(ratio * n) rows in an order seeded by ``seed``.
+
+    ``allowed_sources`` keeps only rows made from those originals (a training fold's reports).
+    """
+    if not 0.0 <= ratio <= 1.0:
+        raise UserError(f"aug_ratio: must be in [0, 1], got {ratio}")
+    keep = np.arange(len(pool))
+    if allowed_sources is not None:
+        keep = np.array([i for i in keep if pool.source_ids[i] in allowed_sources], dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in range(n_classes):
+        rows = keep[pool.labels[keep] == c] if len(keep) else keep
+        order = rows[rng.permutation(len(rows))]
+        chosen.append(order[: math.ceil(ratio * len(rows))])
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
+# ---------------------------------------------------------------- download
+
+
+def fetch_osha(dest: str | Path | None = None, base_url: str | None = None,
+               progress: Any = None) -> list[Path]:
+    """Download the three OSHA files from the pinned commit and verify their sha256.
+
+    ``base_url`` (or ``$ABEXRAT_OSHA_URL``) replaces the GitHub address, e.g. for a mirror.
+    A file already present with the right digest is not downloaded again.
+    """
+    dest = resolve_data_dir(dest)
+    base = (base_url or os.environ.get("ABEXRAT_OSHA_URL") or OSHA_URL).rstrip("/")
+    out = []
+    for name, digest in OSHA_FILES.items():
+        target = dest / name
+        if target.is_file() and sha256_file(target) == digest:
+            out.append(target)
+            continue
+        url = f"{base}/{name}"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp:
+                data = resp.read()
+        except Exception as e:
+            raise UserError(f"{url}: download failed ({e})") from None
+        import hashlib
+
+        got = hashlib.sha256(data).hexdigest()
+        if got != digest:
+            raise UserError(f"{url}: sha256 mismatch (expected {digest[:12]}..., got {got[:12]}...); nothing written")
+        write_bytes(target, data)
+        if progress:
+            progress(name, len(data))
+        out.append(target)
+    return out

@@ -1,0 +1,157 @@
+"""Embedding with a content-addressed cache: a rerun encodes nothing it has seen.
+
+Layout under the cache root::
+
+    embeddings/<encoder key>/<sha256 of file>.npz   shards: text digests (n, 16) uint8, vectors (n, d)
+    encoders/<encoder key>/encoder.{json,safetensors} fitted state (tf-idf vocabulary, SVD)
+
+A shard's file name is its own sha256, checked on read; a corrupt shard is dropped and
+its texts are encoded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from abexrat.encoders import Encoder, leaves, save_encoder
+from abexrat.io import cache_dir, sha256_bytes, write_bytes
+
+ENCODE_CHUNK = 2048
+
+
+def text_digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()[:16]
+
+
+@dataclass
+class EmbedStats:
+    """What one call cost: texts encoded vs found in the cache, and seconds spent encoding."""
+
+    encoded: int = 0
+    cached: int = 0
+    encode_s: float = 0.0
+    fit_s: float = 0.0
+    per_encoder: dict[str, float] = field(default_factory=dict)
+
+
+class EmbeddingCache:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root) if root else cache_dir()
+
+    def _dir(self, key: str) -> Path:
+        return self.root / "embeddings" / key
+
+    def lookup(self, key: str, digests: list[bytes]) -> dict[bytes, np.ndarray]:
+        """Vectors of the wanted digests found in this key's shards."""
+        wanted, found = set(digests), {}
+        folder = self._dir(key)
+        if not folder.is_dir():
+            return found
+        for shard in sorted(folder.glob("*.npz")):
+            data = shard.read_bytes()
+            if sha256_bytes(data) != shard.stem:
+                shard.unlink(missing_ok=True)  # corrupt or truncated: encode those texts again
+                continue
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                keys, vecs = z["digests"], z["vectors"]
+            for k, v in zip(keys, vecs):
+                b = k.tobytes()
+                if b in wanted:
+                    found[b] = v
+        return found
+
+    def add(self, key: str, digests: list[bytes], vectors: np.ndarray) -> None:
+        buf = io.BytesIO()
+        keys = np.frombuffer(b"".join(digests), np.uint8).reshape(len(digests), 16)
+        np.savez(buf, digests=keys, vectors=vectors.astype(np.float32))
+        data = buf.getvalue()
+        write_bytes(self._dir(key) / f"{sha256_bytes(data)}.npz", data)
+
+    def encoder_dir(self, key: str) -> Path:
+        return self.root / "encoders" / key
+
+
+def prepare(enc: Encoder, fit_texts: list[str] | None) -> None:
+    """Name the fit corpus of every leaf that needs one, so that the keys are final."""
+    for leaf in leaves(enc):
+        if leaf.needs_fit:
+            if fit_texts is None:
+                raise ValueError(f"{leaf.name}: needs training texts to fit on")
+            if not getattr(leaf, "fitted", False):
+                leaf.set_fit_corpus(fit_texts)  # type: ignore[attr-defined]
+
+
+def ensure_fitted(leaf: Encoder, fit_texts: list[str] | None, cache: EmbeddingCache,
+                  stats: EmbedStats | None = None) -> None:
+    """Load the leaf's fitted state from the cache, or fit it and store the state."""
+    if not leaf.needs_fit or getattr(leaf, "fitted", False):
+        return
+    folder = cache.encoder_dir(leaf.key)
+    if (folder / "encoder.json").is_file():
+        try:
+            leaf.load_arrays(_load_arrays(folder))
+            return
+        except Exception:
+            pass  # a broken state file: fit again below
+    t0 = time.perf_counter()
+    leaf.fit(fit_texts or [])
+    if stats:
+        stats.fit_s += time.perf_counter() - t0
+    save_encoder(leaf, folder)
+
+
+def _load_arrays(folder: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return {k.split(".", 1)[1]: v for k, v in load_file(str(folder / "encoder.safetensors")).items()}
+
+
+def embed_texts(enc: Encoder, texts: list[str], fit_texts: list[str] | None = None,
+                cache: EmbeddingCache | None = None, stats: EmbedStats | None = None,
+                progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Embed ``texts`` into an array of shape (n, enc.dim), encoding only what the cache lacks.
+
+    ``fit_texts`` are the training originals for encoders that fit (tf-idf); ``progress``
+    is called with the number of texts encoded after each chunk.
+    """
+    cache = cache or EmbeddingCache()
+    stats = stats if stats is not None else EmbedStats()
+    prepare(enc, fit_texts)
+    digests = [text_digest(t) for t in texts]
+    outs = []
+    for leaf in leaves(enc):
+        found = cache.lookup(leaf.key, digests)
+        missing = sorted({d: i for i, d in enumerate(digests) if d not in found}.values())
+        stats.cached += len(texts) - len(missing)
+        if missing:
+            ensure_fitted(leaf, fit_texts, cache, stats)
+            t0 = time.perf_counter()
+            for start in range(0, len(missing), ENCODE_CHUNK):
+                chunk = missing[start:start + ENCODE_CHUNK]
+                vecs = leaf.encode([texts[i] for i in chunk])
+                cache.add(leaf.key, [digests[i] for i in chunk], vecs)
+                found.update({digests[i]: v for i, v in zip(chunk, vecs)})
+                if progress:
+                    progress(len(chunk))
+            dt = time.perf_counter() - t0
+            stats.encode_s += dt
+            stats.per_encoder[leaf.key] = stats.per_encoder.get(leaf.key, 0.0) + dt
+            stats.encoded += len(missing)
+        outs.append(np.stack([found[d] for d in digests]) if texts else np.zeros((0, leaf.dim), np.float32))
+    return enc.combine(outs) if enc.parts else outs[0]
+
+
+def fitted_encoder(enc: Encoder, fit_texts: list[str] | None, cache: EmbeddingCache | None = None) -> Encoder:
+    """``enc`` with every leaf's fitted state present (from the cache when it is there)."""
+    cache = cache or EmbeddingCache()
+    prepare(enc, fit_texts)
+    for leaf in leaves(enc):
+        ensure_fitted(leaf, fit_texts, cache)
+    return enc

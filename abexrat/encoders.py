@@ -1,0 +1,297 @@
+"""Frozen text encoders, a registry of them, and how a fitted one is saved.
+
+Every encoder maps a list of n texts to a float32 array of shape (n, dim) and has a
+``key``: its name, version, options and (when it is fitted) a digest of its fit corpus.
+The key addresses the embedding cache, so a change to any of these re-encodes.
+
+- ``wordllama``: 256-d static embeddings shipped inside the wordllama wheel.
+- ``tfidf-svd``: tf-idf on word n-grams, then truncated SVD, fitted on training originals.
+- ``hybrid``: the L2-normalized concatenation of the two (the offline default).
+- ``hf:<model id or path>``: transformers AutoModel, mean or last-token pooling.
+- ``vllm:<model>``: vLLM through ``ray.data.llm`` (the ``gpu`` extra); see ``abexrat.vllm``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from abexrat.errors import UserError
+from abexrat.io import atomic_path, sha256_bytes, sha256_texts, write_json
+
+ENCODERS: dict[str, Callable[..., Encoder]] = {}
+
+
+def register_encoder(name: str) -> Callable[[type], type]:
+    def deco(cls: type) -> type:
+        ENCODERS[name] = cls
+        return cls
+
+    return deco
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(n, 1e-12)).astype(np.float32)
+
+
+class Encoder:
+    """Base class. Subclasses set ``name``/``version`` and implement ``encode``."""
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    needs_fit: ClassVar[bool] = False
+    parts: tuple[Encoder, ...] = ()
+
+    def options(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def dim(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def key(self) -> str:
+        opts = json.dumps(self.options(), sort_keys=True)
+        return f"{self.name}-v{self.version}-{sha256_bytes(opts.encode())[:12]}"
+
+    def fit(self, texts: list[str]) -> None:
+        """Learn from training texts (a no-op for pretrained encoders)."""
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def combine(self, parts: list[np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    # Saved as ``encoder.json`` (name + options) and ``encoder.safetensors`` (fitted arrays).
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        pass
+
+
+@register_encoder("wordllama")
+@dataclass
+class WordLlamaEncoder(Encoder):
+    """Static token embeddings averaged over the text (WordLlama ``l2_supercat``)."""
+
+    name: ClassVar[str] = "wordllama"
+    dim_: int = 256
+    _model: Any = field(default=None, repr=False)
+
+    def options(self) -> dict[str, Any]:
+        return {"dim": self.dim_}
+
+    @property
+    def dim(self) -> int:
+        return self.dim_
+
+    def _load(self) -> Any:
+        if self._model is None:
+            import wordllama
+            from wordllama import WordLlama
+
+            # Its own lookup of bundled weights is broken: point it at the package folder.
+            pkg = Path(wordllama.__file__).parent
+            self._model = WordLlama.load(cache_dir=pkg, disable_download=True, dim=256,
+                                         trunc_dim=self.dim_ if self.dim_ != 256 else None)
+        return self._model
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        return _l2(np.asarray(self._load().embed(texts, norm=True, batch_size=256), np.float32))
+
+
+@register_encoder("tfidf-svd")
+@dataclass
+class TfidfSvdEncoder(Encoder):
+    """TF-IDF over word 1..ngram-grams (sublinear tf), reduced by truncated SVD, L2-normalized."""
+
+    name: ClassVar[str] = "tfidf-svd"
+    needs_fit: ClassVar[bool] = True
+    dim_: int = 384
+    ngram: int = 2
+    min_df: int = 2
+    max_features: int = 20000
+    fit_digest: str = ""
+    _vectorizer: Any = field(default=None, repr=False)
+    _components: np.ndarray | None = field(default=None, repr=False)
+
+    def options(self) -> dict[str, Any]:
+        return {"dim": self.dim_, "ngram": self.ngram, "min_df": self.min_df,
+                "max_features": self.max_features, "fit": self.fit_digest}
+
+    @property
+    def dim(self) -> int:
+        return self.dim_
+
+    def _vectorizer_for(self, vocabulary: dict[str, int] | None = None) -> Any:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        return TfidfVectorizer(ngram_range=(1, self.ngram), min_df=self.min_df, sublinear_tf=True,
+                               max_features=self.max_features, strip_accents="unicode",
+                               vocabulary=vocabulary, dtype=np.float32)
+
+    def set_fit_corpus(self, texts: list[str]) -> None:
+        """Name the corpus that ``fit`` will use, so the key is known before fitting."""
+        self.fit_digest = sha256_texts(texts)
+
+    def fit(self, texts: list[str]) -> None:
+        from sklearn.decomposition import TruncatedSVD
+
+        self.set_fit_corpus(texts)
+        vec = self._vectorizer_for()
+        tf = vec.fit_transform(texts)
+        k = min(self.dim_, tf.shape[1] - 1, tf.shape[0] - 1)
+        if k < 1:
+            raise UserError("tfidf-svd: too few training texts or terms to fit")
+        svd = TruncatedSVD(n_components=k, random_state=0, algorithm="randomized", n_iter=5)
+        svd.fit(tf)
+        comps = np.zeros((self.dim_, tf.shape[1]), np.float32)
+        comps[:k] = svd.components_
+        self._vectorizer, self._components = vec, comps
+
+    @property
+    def fitted(self) -> bool:
+        return self._components is not None
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if not self.fitted:
+            raise RuntimeError("tfidf-svd: encode before fit")
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        tf = self._vectorizer.transform(texts)
+        return _l2(np.asarray(tf @ self._components.T, np.float32))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        vocab = sorted(self._vectorizer.vocabulary_, key=self._vectorizer.vocabulary_.get)
+        # Terms travel as one UTF-8 blob with offsets: safetensors holds numeric arrays only.
+        blob = "\n".join(vocab).encode()
+        return {"idf": self._vectorizer.idf_.astype(np.float32), "components": self._components,
+                "vocab_utf8": np.frombuffer(blob, np.uint8).copy()}
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        terms = bytes(arrays["vocab_utf8"]).decode().split("\n")
+        vec = self._vectorizer_for({t: i for i, t in enumerate(terms)})
+        vec.idf_ = arrays["idf"]
+        self._vectorizer, self._components = vec, arrays["components"]
+
+
+@register_encoder("hybrid")
+@dataclass
+class HybridEncoder(Encoder):
+    """Concatenation of L2-normalized wordllama and tfidf-svd vectors, scaled to unit norm.
+
+    ``weights`` scale each part before the concatenation (the mix between the two).
+    """
+
+    name: ClassVar[str] = "hybrid"
+    needs_fit: ClassVar[bool] = True
+    wordllama_dim: int = 256
+    tfidf_dim: int = 384
+    weights: tuple[float, float] = (1.0, 1.0)
+    tfidf_ngram: int = 2
+    tfidf_min_df: int = 2
+    tfidf_max_features: int = 20000
+
+    def __post_init__(self) -> None:
+        self.weights = tuple(float(w) for w in self.weights)  # type: ignore[assignment]
+        self.parts = (WordLlamaEncoder(dim_=self.wordllama_dim),
+                      TfidfSvdEncoder(dim_=self.tfidf_dim, ngram=self.tfidf_ngram,
+                                      min_df=self.tfidf_min_df, max_features=self.tfidf_max_features))
+
+    def options(self) -> dict[str, Any]:
+        return {"weights": list(self.weights), "parts": [p.key for p in self.parts]}
+
+    @property
+    def dim(self) -> int:
+        return sum(p.dim for p in self.parts)
+
+    def combine(self, parts: list[np.ndarray]) -> np.ndarray:
+        out = np.concatenate([w * _l2(p) for w, p in zip(self.weights, parts)], axis=1)
+        return _l2(out)
+
+
+def make_encoder(spec: str, **options: Any) -> Encoder:
+    """``"wordllama"``, ``"tfidf-svd"``, ``"hybrid"``, ``"hf:<model>"`` or ``"vllm:<model>"``."""
+    if spec.startswith("hf:"):
+        from abexrat.hf import HFEncoder
+
+        return HFEncoder(model=spec[3:], **options)
+    if spec.startswith("vllm:"):
+        from abexrat.vllm import VLLMEncoder
+
+        return VLLMEncoder(model=spec[5:], **options)
+    if spec not in ENCODERS:
+        raise UserError(f"encoder: unknown encoder {spec!r} (known: {', '.join(sorted(ENCODERS))}, hf:<model>, vllm:<model>)")
+    aliases = {"dim": "dim_"}
+    try:
+        return ENCODERS[spec](**{aliases.get(k, k): v for k, v in options.items()})
+    except TypeError as e:
+        raise UserError(f"encoder.options: {e}") from None
+
+
+def encoder_spec(enc: Encoder) -> str:
+    return f"{enc.name}:{enc.model}" if enc.name in ("hf", "vllm") else enc.name  # type: ignore[attr-defined]
+
+
+def leaves(enc: Encoder) -> list[Encoder]:
+    """The encoders that actually encode text (a hybrid's parts, or the encoder itself)."""
+    return list(enc.parts) if enc.parts else [enc]
+
+
+def save_encoder(enc: Encoder, folder: Path) -> None:
+    """``encoder.json`` (spec + options) and ``encoder.safetensors`` (fitted arrays of each part)."""
+    from safetensors.numpy import save_file
+
+    arrays = {}
+    for i, leaf in enumerate(leaves(enc)):
+        arrays.update({f"{i}.{k}": v for k, v in leaf.arrays().items()})
+    meta = {"spec": encoder_spec(enc), "key": enc.key, "dim": enc.dim,
+            "options": {k: v for k, v in _init_options(enc).items()},
+            "fit": [getattr(leaf, "fit_digest", "") for leaf in leaves(enc)]}
+    with atomic_path(folder / "encoder.safetensors") as tmp:
+        save_file(arrays, str(tmp))
+    write_json(folder / "encoder.json", meta)
+
+
+def load_encoder(folder: Path) -> Encoder:
+    from safetensors.numpy import load_file
+
+    meta_path = folder / "encoder.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        arrays = load_file(str(folder / "encoder.safetensors"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{meta_path}: cannot load the run's encoder ({e})") from None
+    enc = make_encoder(meta["spec"], **meta["options"])
+    for i, (leaf, digest) in enumerate(zip(leaves(enc), meta["fit"])):
+        mine = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{i}.")}
+        if mine:
+            leaf.load_arrays(mine)
+        if digest:
+            leaf.fit_digest = digest  # type: ignore[attr-defined]
+    if enc.key != meta["key"]:
+        raise UserError(f"{meta_path}: encoder key mismatch (saved {meta['key']}, rebuilt {enc.key})")
+    return enc
+
+
+def _init_options(enc: Encoder) -> dict[str, Any]:
+    """The constructor arguments that rebuild ``enc`` (fitted state excluded)."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(enc):  # type: ignore[arg-type]
+        if f.name.startswith("_") or f.name in ("fit_digest", "model"):
+            continue
+        v = getattr(enc, f.name)
+        out["dim" if f.name == "dim_" else f.name] = list(v) if isinstance(v, tuple) else v
+    return out

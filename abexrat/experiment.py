@@ -1,0 +1,203 @@
+"""One configuration end to end: dataset -> features -> seeds trained -> scores and artifacts.
+
+A run folder holds::
+
+    metrics.json                      config, seeds, val/test scores (written last)
+    config.yaml                       the resolved config
+    encoder/encoder.{json,safetensors} the fitted encoder
+    models/seed-<k>/model.safetensors one MLP per seed, plus model.json (shapes, classes)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from abexrat.config import TrainConfig
+from abexrat.data import Columns, Dataset, Split, load_osha, load_splits, load_table, select_synthetic
+from abexrat.embed import EmbeddingCache, EmbedStats, embed_texts, fitted_encoder
+from abexrat.encoders import Encoder, load_encoder, make_encoder, save_encoder
+from abexrat.errors import UserError
+from abexrat.io import atomic_path, write_json, write_text
+from abexrat.metrics import score
+from abexrat.model import EnsembleMLP
+from abexrat.train import TrainResult, fit, predict_proba
+
+
+def columns(cfg: TrainConfig) -> Columns:
+    d = cfg.data
+    return Columns(text=d.text_column, label=d.label_column, title=d.title_column, summary=d.summary_column)
+
+
+def load_dataset(cfg: TrainConfig) -> Dataset:
+    """The config's dataset with its synthetic pool (``data.aug_pool``) attached."""
+    d = cfg.data
+    if d.dataset == "osha":
+        ds = load_osha(d.data_dir)
+    else:
+        path = Path(d.dataset)
+        if path.is_dir():
+            files = {s: next((path / f"{s}{ext}" for ext in (".json", ".jsonl", ".csv", ".parquet")
+                              if (path / f"{s}{ext}").is_file()), None) for s in ("train", "val", "test")}
+            if files["train"] is None:
+                raise UserError(f"{path}: no train.(json|jsonl|csv|parquet) in this folder")
+            if files["val"] is None or files["test"] is None:
+                raise UserError(f"{path}: has a train file but no val and test files")
+            ds = load_splits(files["train"], files["val"], files["test"], columns(cfg))
+        else:
+            ds = load_table(path, columns(cfg), d.val_fraction, d.test_fraction, d.split_seed)
+    if d.aug_pool == "none":
+        return Dataset(ds.name, ds.classes, ds.train, ds.val, ds.test, ds.train.subset([]))
+    if d.aug_pool == "published":
+        return ds
+    from abexrat.pool import read_pool
+
+    return Dataset(ds.name, ds.classes, ds.train, ds.val, ds.test, read_pool(Path(d.aug_pool), ds))
+
+
+@dataclass
+class Features:
+    """Every vector a trial needs. X_* are float32 (n, dim); y_* int64 (n,)."""
+
+    classes: list[str]
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_synth: np.ndarray
+    y_synth: np.ndarray
+    synth_sources: list[str]
+    X_val: np.ndarray
+    y_val: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    encoder_key: str
+    stats: EmbedStats
+
+    def training_set(self, ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Originals plus, per class, the first ceil(ratio n) synthetic rows in a seeded order."""
+        pool = Split([""] * len(self.y_synth), [""] * len(self.y_synth), self.y_synth, self.synth_sources)
+        pick = select_synthetic(pool, len(self.classes), ratio, seed)
+        return (np.concatenate([self.X_train, self.X_synth[pick]]),
+                np.concatenate([self.y_train, self.y_synth[pick]]))
+
+
+def build_encoder(cfg: TrainConfig) -> Encoder:
+    return make_encoder(cfg.encoder.name, **cfg.encoder.options)
+
+
+def featurize(ds: Dataset, enc: Encoder, cache: EmbeddingCache | None = None,
+              progress: Callable[[int], None] | None = None) -> Features:
+    """Embed every split (the tf-idf part fits on training originals only)."""
+    stats = EmbedStats()
+    parts = [ds.train, ds.synthetic, ds.val, ds.test]
+    texts = [t for p in parts for t in p.texts]
+    X = embed_texts(enc, texts, fit_texts=ds.train.texts, cache=cache, stats=stats, progress=progress)
+    cuts = np.cumsum([len(p) for p in parts])[:-1]
+    Xtr, Xsy, Xva, Xte = np.split(X, cuts)
+    return Features(ds.classes, Xtr, ds.train.labels, Xsy, ds.synthetic.labels, ds.synthetic.source_ids,
+                    Xva, ds.val.labels, Xte, ds.test.labels, enc.key, stats)
+
+
+def train_and_score(feats: Features, cfg: TrainConfig, seeds: list[int],
+                    on_epoch: Callable[[int, dict[str, list[float]]], None] | None = None,
+                    ) -> tuple[TrainResult, dict[str, Any]]:
+    """Train all seeds on the config's training set; score on val and test (test is never used to choose)."""
+    X, y = feats.training_set(cfg.data.aug_ratio, cfg.data.aug_seed)
+    result = fit(X, y, len(feats.classes), cfg, seeds, val=(feats.X_val, feats.y_val), on_epoch=on_epoch)
+    scores = {}
+    for split, Xs, ys in (("val", feats.X_val, feats.y_val), ("test", feats.X_test, feats.y_test)):
+        scores[split] = score(ys, predict_proba(result.model, Xs).argmax(-1), feats.classes)
+    scores["train_size"] = int(len(y))
+    return result, scores
+
+
+def save_run(out: Path, cfg: TrainConfig, enc: Encoder, classes: list[str], result: TrainResult,
+             metrics: dict[str, Any]) -> None:
+    """Write a run folder; metrics.json goes last, so its presence marks a complete run."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    save_encoder(enc, out / "encoder")
+    for s, seed in enumerate(result.seeds):
+        folder = out / "models" / f"seed-{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / "model.safetensors") as tmp:
+            save_file(result.model.member_state(s), str(tmp))
+        write_json(folder / "model.json", {
+            "seed": seed, "dims": result.model.dims, "classes": classes, "encoder_key": enc.key,
+            "input_scale": result.scale})
+    write_json(out / "metrics.json", metrics)
+
+
+@dataclass
+class LoadedRun:
+    folder: Path
+    config: dict[str, Any]
+    classes: list[str]
+    encoder: Encoder
+    model: EnsembleMLP
+    seeds: list[int]
+
+
+def load_run(folder: str | Path) -> LoadedRun:
+    """A trained run: its encoder and every seed's MLP (safetensors + JSON, no pickle)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    metrics_path = folder / "metrics.json"
+    if not metrics_path.is_file():
+        raise UserError(f"{metrics_path}: not found; {folder} is not a finished run (abexrat train ... --out {folder})")
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{metrics_path}: not valid JSON") from None
+    seeds = metrics.get("seeds") or []
+    states, classes = [], None
+    for seed in seeds:
+        mdir = folder / "models" / f"seed-{seed}"
+        try:
+            meta = json.loads((mdir / "model.json").read_text())
+            states.append(load_file(str(mdir / "model.safetensors")))
+        except (OSError, ValueError) as e:
+            raise UserError(f"{mdir}: cannot load the model of seed {seed} ({e})") from None
+        classes = meta["classes"]
+    if not states or classes is None:
+        raise UserError(f"{metrics_path}: names no seed models")
+    enc = load_encoder(folder / "encoder")
+    return LoadedRun(folder, metrics.get("config", {}), classes, enc, EnsembleMLP.from_members(states), seeds)
+
+
+def run_config(cfg: TrainConfig, out: Path, progress: Any = None) -> dict[str, Any]:
+    """``abexrat train``: load, embed, train ``cfg.seeds`` seeds, score, save. Returns metrics.json."""
+    t0 = time.perf_counter()
+    ds = load_dataset(cfg)
+    enc = build_encoder(cfg)
+    n_texts = len(ds.train) + len(ds.synthetic) + len(ds.val) + len(ds.test)
+    advance = progress.task("encoding", n_texts) if progress else None
+    cache = EmbeddingCache()
+    feats = featurize(ds, enc, cache, advance)
+    fitted_encoder(enc, ds.train.texts, cache)
+    seeds = cfg.seed_list()
+    tick = progress.task(f"training {len(seeds)} seed(s)", cfg.train.epochs) if progress else None
+    result, scores = train_and_score(feats, cfg, seeds, on_epoch=(lambda e, r: tick(1)) if tick else None)
+    metrics = {
+        "config": cfg.model_dump(mode="json"),
+        "seeds": seeds,
+        "classes": ds.classes,
+        "val": scores["val"],
+        "test": scores["test"],
+        "train_size": scores["train_size"],
+        "history": result.history,
+        "timings": {"encode_s": feats.stats.encode_s, "fit_encoder_s": feats.stats.fit_s,
+                    "texts_encoded": feats.stats.encoded, "texts_cached": feats.stats.cached,
+                    "train_s": result.train_s, "total_s": time.perf_counter() - t0},
+    }
+    save_run(out, cfg, enc, ds.classes, result, metrics)
+    return metrics

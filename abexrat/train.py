@@ -1,0 +1,132 @@
+"""Training an :class:`EnsembleMLP` with focal loss and an adversarial method, S seeds at once.
+
+Each seed owns four random streams derived from it (init, shuffle, dropout, attack), so
+seed s trains the same whether it trains alone or beside others.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from abexrat.adversarial import Batch, make_method
+from abexrat.config import TrainConfig
+from abexrat.metrics import macro_f1
+from abexrat.model import EnsembleMLP, focal_loss
+
+EpochCallback = Callable[[int, dict[str, list[float]]], None]
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    """An independent 63-bit seed for one of a seed's random streams."""
+    return int(np.random.SeedSequence([seed, stream]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def class_alpha(cfg: TrainConfig, y: np.ndarray, n_classes: int) -> torch.Tensor | None:
+    """Per-class focal weights: none, 'balanced' (n / (C n_c), mean 1 over samples), or a list."""
+    alpha = cfg.loss.alpha
+    if alpha is None:
+        return None
+    if alpha == "balanced":
+        counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+        w = len(y) / (n_classes * np.maximum(counts, 1.0))
+        return torch.tensor(w, dtype=torch.float32)
+    if len(alpha) != n_classes:
+        from abexrat.errors import UserError
+
+        raise UserError(f"loss.alpha: {len(alpha)} weights for {n_classes} classes")
+    return torch.tensor(alpha, dtype=torch.float32)
+
+
+@dataclass
+class TrainResult:
+    model: EnsembleMLP
+    seeds: list[int]
+    scale: float  # mean L2 norm of the training vectors: ε's unit
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_s: float = 0.0
+
+
+def fit(X: np.ndarray, y: np.ndarray, n_classes: int, cfg: TrainConfig, seeds: list[int],
+        val: tuple[np.ndarray, np.ndarray] | None = None, on_epoch: EpochCallback | None = None,
+        method_hook: Callable[[Any], None] | None = None) -> TrainResult:
+    """Train one MLP per seed on X (n, d) float32 and y (n,) int64, all seeds batched.
+
+    ``val`` = (X_val, y_val) adds ``val_macro_f1`` per seed to each epoch's record;
+    ``on_epoch(epoch, record)`` sees each record (lists hold one value per seed).
+    """
+    t0 = time.perf_counter()
+    S, (n, d) = len(seeds), X.shape
+    Xt, yt = torch.from_numpy(np.ascontiguousarray(X, np.float32)), torch.from_numpy(y.astype(np.int64))
+    model = EnsembleMLP(S, d, cfg.model.hidden, n_classes, cfg.model.dropout)
+    model.reset([stream_seed(s, 0) for s in seeds])
+    shuffles = [np.random.default_rng(stream_seed(s, 1)) for s in seeds]
+    drop_gens = [torch.Generator().manual_seed(stream_seed(s, 2)) for s in seeds]
+    adv_gens = [torch.Generator().manual_seed(stream_seed(s, 3)) for s in seeds]
+    scale = float(np.linalg.norm(X, axis=1).mean()) if n else 1.0
+    a = cfg.adversarial
+    method = make_method(a.method, a.eps * scale, adv_gens, p=a.p, steps=a.steps,
+                         step_size=a.step_size * scale, eps_min=a.eps_min * scale,
+                         eps_max=a.eps_max * scale, beta=a.beta, momentum=a.momentum)
+    if method_hook:
+        method_hook(method)
+    gamma = cfg.loss.gamma if cfg.loss.name == "focal" else 0.0
+    alpha = class_alpha(cfg, y, n_classes)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    B = cfg.train.batch_size
+    result = TrainResult(model, list(seeds), scale)
+    for epoch in range(cfg.train.epochs):
+        model.train()
+        perms = torch.from_numpy(np.stack([r.permutation(n) for r in shuffles]))
+        loss_sum = torch.zeros(S)
+        for start in range(0, n, B):
+            idx = perms[:, start:start + B]
+            xb, yb = Xt[idx], yt[idx]
+            masks = model.dropout_masks(idx.shape[1], drop_gens)
+
+            def loss_fn(x: torch.Tensor, masks: Any = masks, yb: torch.Tensor = yb) -> torch.Tensor:
+                return focal_loss(model(x, masks), yb, gamma, alpha)
+
+            attack = method.plan()
+            if attack and method.uses_grad:
+                xb.requires_grad_(True)
+            clean = loss_fn(xb)
+            total = clean.mean(-1)
+            if attack:
+                total = total + method.extra_loss(Batch(loss_fn, xb, clean))
+            opt.zero_grad(set_to_none=True)
+            total.sum().backward()
+            opt.step()
+            loss_sum += total.detach() * idx.shape[1]
+        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": (loss_sum / n).tolist()}
+        if val is not None:
+            pred = predict_proba(model, val[0]).argmax(-1)
+            record["val_macro_f1"] = [macro_f1(val[1], p, n_classes) for p in pred]
+        result.history.append(record)
+        if on_epoch:
+            on_epoch(epoch + 1, record)
+    model.eval()
+    result.train_s = time.perf_counter() - t0
+    return result
+
+
+@torch.no_grad()
+def predict_proba(model: EnsembleMLP, X: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Class probabilities of every member: X (n, d) -> (S, n, C)."""
+    was_training = model.training
+    model.eval()
+    S = model.n_members
+    out = []
+    Xt = torch.from_numpy(np.ascontiguousarray(X, np.float32))
+    for start in range(0, len(Xt), chunk):
+        xb = Xt[start:start + chunk].unsqueeze(0).expand(S, -1, -1)
+        out.append(torch.softmax(model(xb), dim=-1))
+    model.train(was_training)
+    if not out:
+        return np.zeros((S, 0, model.dims[-1]), np.float32)
+    return torch.cat(out, dim=1).numpy()
