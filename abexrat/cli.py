@@ -249,9 +249,9 @@ def predict(
             out.print(f"{rid}\t{label}\t" + "  ".join(f"{c}={v:.3f}" for c, v in top))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     try:
-        app()
+        app(args=argv, prog_name="abexrat")
     except UserError as e:
         err.print(f"[red]error[/]: {e}", highlight=False, soft_wrap=True)
         sys.exit(2)

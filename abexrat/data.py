@@ -151,7 +151,7 @@ def _row_text(path: Path, i: int, row: dict[str, Any], cols: Columns) -> str:
     for f in fields:
         if row.get(f) is not None and not isinstance(row[f], str):
             raise UserError(f"{path}: row {i}: column {f!r} must be text, got {type(row[f]).__name__}")
-    text = compose_text(row.get(cols.text)) if cols.text else compose_text(row.get(cols.title), row.get(cols.summary))
+    text = compose_text(None, row.get(cols.text)) if cols.text else compose_text(row.get(cols.title), row.get(cols.summary))
     if not text:
         raise UserError(f"{path}: row {i}: empty or null text")
     return text

@@ -1,0 +1,85 @@
+"""The trainer: focal loss, determinism per seed, seeds independent of each other, learning."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from abexrat.config import TrainConfig
+from abexrat.metrics import score
+from abexrat.model import EnsembleMLP, focal_loss
+from abexrat.train import fit, predict_proba
+
+
+def _data(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    X = rng.normal(size=(n, 10)).astype(np.float32) + 4.0 * np.eye(4, 10, dtype=np.float32)[y]
+    return X, y
+
+
+CFG = TrainConfig.model_validate({"model": {"hidden": [32], "dropout": 0.2}, "train": {"epochs": 8, "batch_size": 32},
+                                  "adversarial": {"method": "rat", "eps": 0.3, "p": 0.5}})
+
+
+def test_focal_loss_matches_its_formula() -> None:
+    logits = torch.randn(2, 5, 3)
+    y = torch.randint(0, 3, (2, 5))
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, 3), y.reshape(-1), reduction="none").reshape(2, 5)
+    assert torch.allclose(focal_loss(logits, y, gamma=0.0), ce, atol=1e-6)
+    p = torch.softmax(logits, -1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    alpha = torch.tensor([0.5, 1.0, 2.0])
+    assert torch.allclose(focal_loss(logits, y, gamma=2.0, alpha=alpha), alpha[y] * (1 - p) ** 2 * ce, atol=1e-6)
+
+
+def test_member_init_matches_nn_linear_bounds() -> None:
+    m = EnsembleMLP(3, 100, [50], 7)
+    m.reset([0, 1, 2])
+    w0 = m.weights[0]
+    assert float(w0.detach().abs().max()) <= 0.1 and float(w0.detach().abs().max()) > 0.09  # U(-1/sqrt(100), 1/sqrt(100))
+    assert not torch.equal(w0[0], w0[1])
+
+
+def test_same_seed_same_model() -> None:
+    X, y = _data()
+    a = fit(X, y, 4, CFG, seeds=[3])
+    b = fit(X, y, 4, CFG, seeds=[3])
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(p, q)
+    c = fit(X, y, 4, CFG, seeds=[4])
+    assert not torch.equal(a.model.weights[0], c.model.weights[0])
+
+
+def test_a_seed_trains_the_same_alone_or_batched_with_others() -> None:
+    X, y = _data()
+    alone = fit(X, y, 4, CFG, seeds=[5])
+    batched = fit(X, y, 4, CFG, seeds=[2, 5, 9])
+    for w_alone, w_batched in zip(alone.model.parameters(), batched.model.parameters()):
+        assert torch.allclose(w_alone[0], w_batched[1], atol=1e-4)
+    pa = predict_proba(alone.model, X)[0]
+    pb = predict_proba(batched.model, X)[1]
+    assert np.abs(pa - pb).max() < 1e-3
+
+
+def test_training_learns_a_separable_problem() -> None:
+    X, y = _data()
+    Xv, yv = _data(200, seed=1)
+    res = fit(X, y, 4, CFG, seeds=[0, 1], val=(Xv, yv))
+    s = score(yv, predict_proba(res.model, Xv).argmax(-1), ["a", "b", "c", "d"])
+    assert s["macro_f1"]["mean"] > 0.85
+    assert len(s["macro_f1"]["per_seed"]) == 2
+    assert len(res.history) == 8 and len(res.history[-1]["val_macro_f1"]) == 2
+    assert res.history[-1]["train_loss"][0] < res.history[0]["train_loss"][0]
+
+
+def test_scores_match_hand_counts() -> None:
+    y = np.array([0, 0, 1, 1, 2])
+    preds = np.array([[0, 0, 1, 0, 2], [0, 1, 1, 1, 2]])
+    s = score(y, preds, ["a", "b", "c"])
+    assert s["accuracy"]["per_seed"] == [0.8, 0.8]
+    # seed 0: F1 a = 2*(2/3*1)/(2/3+1) = 0.8, b = 2/3, c = 1
+    assert abs(s["macro_f1"]["per_seed"][0] - (0.8 + 2 / 3 + 1) / 3) < 1e-9
+    assert s["confusion"]["per_seed"][0] == [[2, 0, 0], [1, 1, 0], [0, 0, 1]]
+    assert s["confusion"]["total"] == [[3, 1, 0], [1, 3, 0], [0, 0, 2]]
+    assert s["per_class"]["c"]["f1"]["mean"] == 1.0 and s["per_class"]["a"]["support"] == 2
+    assert abs(s["macro_f1"]["std"] - np.std(s["macro_f1"]["per_seed"], ddof=1)) < 1e-12
