@@ -81,11 +81,10 @@ class EmbeddingCache:
 def prepare(enc: Encoder, fit_texts: list[str] | None) -> None:
     """Name the fit corpus of every leaf that needs one, so that the keys are final."""
     for leaf in leaves(enc):
-        if leaf.needs_fit:
+        if leaf.needs_fit and not getattr(leaf, "fitted", False):
             if fit_texts is None:
                 raise ValueError(f"{leaf.name}: needs training texts to fit on")
-            if not getattr(leaf, "fitted", False):
-                leaf.set_fit_corpus(fit_texts)  # type: ignore[attr-defined]
+            leaf.set_fit_corpus(fit_texts)  # type: ignore[attr-defined]
 
 
 def ensure_fitted(leaf: Encoder, fit_texts: list[str] | None, cache: EmbeddingCache,

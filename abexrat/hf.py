@@ -86,6 +86,9 @@ class HFEncoder(Encoder):
 
     def _loading(self, from_pretrained: Any, **kwargs: Any) -> Any:
         """``from_pretrained(model)``, with a missing folder or an unreachable hub as a UserError."""
+        if self.model.startswith(("/", ".", "~")) and not Path(self.model).expanduser().is_dir():
+            # transformers would call it a bad hub id: say what is really wrong.
+            raise UserError(f"hf:{self.model}: no such model folder")
         try:
             return from_pretrained(self.model, revision=self.revision, **kwargs)
         except (OSError, ValueError) as e:

@@ -118,7 +118,8 @@ class VLLMEncoder(Encoder):
             try:
                 self._dim = int(AutoConfig.from_pretrained(self.model).hidden_size)
             except (OSError, ValueError) as e:
-                raise UserError(f"vllm:{self.model}: cannot read the model config ({e})") from None
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                raise UserError(f"vllm:{self.model}: cannot read the model config ({reason})") from None
         return self._dim
 
     def encode(self, texts: list[str]) -> np.ndarray:

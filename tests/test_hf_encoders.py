@@ -216,6 +216,8 @@ def test_bad_model_or_pooling_is_a_user_error(tmp_path: Path) -> None:
         missing.encode(["a text"])
     with pytest.raises(UserError, match="no-such-model"):
         _ = missing.dim
+    with pytest.raises(UserError, match="no such model folder"):
+        _ = make_encoder("hf:./no-such-model").dim
     with pytest.raises(UserError, match=r"encoder\.options\.pooling"):
         make_encoder(f"hf:{tmp_path}", pooling="cls")
 

@@ -1,0 +1,138 @@
+"""The CLI as a user runs it: train -> metrics.json and models, evaluate, predict, config errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.numpy import load_file
+
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_config: Path) -> Path:
+    from abexrat.cli import main
+
+    out = tmp_path_factory.mktemp("run")
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(tiny_config), "--out", str(out), "--seeds", "3"])
+    assert e.value.code == 0
+    return out
+
+
+def test_train_writes_metrics_with_the_contracted_layout(trained: Path) -> None:
+    m = json.loads((trained / "metrics.json").read_text())
+    assert m["seeds"] == [0, 1, 2]
+    assert m["config"]["adversarial"] == {**m["config"]["adversarial"], "method": "rat", "eps": 0.3, "p": 0.5}
+    for split in ("val", "test"):
+        for key in ("macro_f1", "weighted_f1", "accuracy"):
+            s = m[split][key]
+            assert set(s) == {"mean", "std", "per_seed"} and len(s["per_seed"]) == 3
+            assert s["mean"] == pytest.approx(sum(s["per_seed"]) / 3)
+        assert set(m[split]["per_class"]) == set(m["classes"]) and len(m["classes"]) == 7
+        conf = m[split]["confusion"]["total"]
+        assert sum(map(sum, conf)) == 3 * 42  # 7 classes x 6 reports, 3 seeds
+    # The tiny classes are learnable: the run is a real one, not a constant predictor.
+    assert m["val"]["macro_f1"]["mean"] > 0.7
+    # 133 originals + 3 synthetic per minority source (12+10+6+5 sources) at r = 1
+    assert m["train_size"] == 133 + 3 * 33
+
+
+def test_train_writes_one_safetensors_model_per_seed(trained: Path) -> None:
+    for seed in (0, 1, 2):
+        folder = trained / "models" / f"seed-{seed}"
+        meta = json.loads((folder / "model.json").read_text())
+        state = load_file(str(folder / "model.safetensors"))
+        assert meta["seed"] == seed and meta["dims"] == [state["layers.0.weight"].shape[0], 64, 7]
+        assert state["layers.1.weight"].shape == (64, 7)
+    assert not list(trained.rglob("*.pt")) and not list(trained.rglob("*.pkl"))
+    assert json.loads((trained / "encoder" / "encoder.json").read_text())["spec"] == "hybrid"
+
+
+def test_evaluate_on_the_test_file_reproduces_train_metrics(trained: Path, tiny_dir: Path, cli, tmp_path: Path) -> None:  # noqa: ANN001
+    m = json.loads((trained / "metrics.json").read_text())
+    r = cli("evaluate", trained, tiny_dir / "test.json", "--json", tmp_path / "eval.json")
+    assert r.code == 0, r.stderr
+    e = json.loads((tmp_path / "eval.json").read_text())
+    for key in ("macro_f1", "weighted_f1", "accuracy"):
+        assert e[key] == pytest.approx(m["test"][key]["mean"], abs=1e-9)
+    assert e["per_class"]["FIRES AND EXPLOSIONS"]["f1"] == pytest.approx(
+        m["test"]["per_class"]["FIRES AND EXPLOSIONS"]["f1"]["mean"])
+    assert f"macro-F1 {100 * m['test']['macro_f1']['mean']:.2f}" in r.stdout
+
+
+def test_evaluate_accepts_jsonl_and_rejects_unknown_labels(trained: Path, tiny_dir: Path, cli, tmp_path: Path) -> None:  # noqa: ANN001
+    rows = json.loads((tiny_dir / "test.json").read_text())
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert cli("evaluate", trained, tmp_path / "t.jsonl").code == 0
+    rows[3]["gold"] = "ELECTRICAL"
+    (tmp_path / "bad.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    r = cli("evaluate", trained, tmp_path / "bad.jsonl")
+    assert r.code == 2 and "bad.jsonl: row 3: label column 'gold': 'ELECTRICAL' is not a class" in " ".join(r.stderr.split())
+
+
+def test_predict_prints_label_and_probabilities(trained: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    rows = [{"id": "a", "summary": "the worker fell from the ladder on the roof scaffold"},
+            {"id": "b", "summary": "a truck and a forklift collision on the highway, the driver"}]
+    (tmp_path / "in.json").write_text(json.dumps(rows))
+    r = cli("predict", trained, tmp_path / "in.json", "--jsonl")
+    assert r.code == 0, r.stderr
+    preds = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [p["id"] for p in preds] == ["a", "b"]
+    assert [p["label"] for p in preds] == ["FALLS,SLIPS,TRIPS", "TRANSPORTATION INCIDENTS"]
+    for p in preds:
+        assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+        assert max(p["probabilities"], key=p["probabilities"].get) == p["label"]
+
+
+def test_missing_run_folder_is_a_clean_error(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    r = cli("predict", tmp_path / "nope", tmp_path / "in.json")
+    assert r.code == 2 and "not a finished run" in r.stderr
+
+
+BAD_CONFIGS = {
+    "not yaml": ("model: [unclosed\n", "not valid YAML (line"),
+    "not a mapping": ("- 1\n- 2\n", "expected a mapping of keys at the top level"),
+    "unknown key": ("model:\n  hiden: [64]\n", "model.hiden: unknown key"),
+    "unknown section": ("optimizer: {lr: 0.1}\n", "optimizer: unknown key"),
+    "wrong type": ("train:\n  epochs: many\n", "train.epochs: Input should be a valid integer"),
+    "p out of range": ("adversarial:\n  p: 1.5\n", "adversarial.p: Input should be less than or equal to 1 (got 1.5)"),
+    "negative eps": ("adversarial:\n  eps: -0.1\n", "adversarial.eps: Input should be greater than or equal to 0"),
+    "unknown method": ("adversarial:\n  method: magic\n", "adversarial.method: Value error, unknown method 'magic'"),
+    "python tag": ("name: !!python/object/apply:os.system ['touch /tmp/abexrat-pwned']\n", "not valid YAML"),
+    "huge hidden": ("model:\n  hidden: [100000000]\n", "model.hidden"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_bad_config_names_the_key_and_exits_2(case: str, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    text, message = BAD_CONFIGS[case]
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    r = cli("train", cfg, "--out", tmp_path / "out")
+    assert r.code == 2, r.stdout + r.stderr
+    assert message in " ".join(r.stderr.split())
+    assert str(cfg) in " ".join(r.stderr.split())
+    assert not (tmp_path / "out").exists()
+    assert not Path("/tmp/abexrat-pwned").exists()
+
+
+def test_set_overrides_are_validated(tiny_config: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    r = cli("train", tiny_config, "--set", "adversarial.p=2", "--out", tmp_path / "o")
+    assert r.code == 2 and "adversarial.p: Input should be less than or equal to 1" in r.stderr
+    r = cli("train", tiny_config, "--set", "noequals", "--out", tmp_path / "o")
+    assert r.code == 2 and "expected key=value" in r.stderr
+
+
+def test_the_installed_command_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("adversarial: {p: 1.5}\n")
+    exe = Path(sys.executable).parent / "abexrat"
+    proc = subprocess.run([str(exe), "train", str(cfg), "--out", str(tmp_path / "o")], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == 2
+    assert "adversarial.p" in proc.stderr and "Traceback" not in proc.stderr
