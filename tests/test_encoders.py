@@ -1,0 +1,90 @@
+"""The offline encoders (wordllama, tfidf-svd, hybrid) and the content-addressed cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from abexrat.embed import EmbeddingCache, EmbedStats, embed_texts
+from abexrat.encoders import load_encoder, make_encoder, save_encoder
+from abexrat.errors import UserError
+
+TEXTS = [
+    "Employee falls from a ladder while painting the ceiling",
+    "Worker fell from the roof of a house under construction",
+    "Truck driver killed when the vehicle overturned on the highway",
+    "Employee bitten by a dog while delivering mail",
+    "Worker burned in a tank explosion during welding",
+    "Employee strains back lifting heavy boxes",
+]
+
+
+def test_wordllama_is_256d_unit_norm_and_semantic() -> None:
+    enc = make_encoder("wordllama")
+    X = enc.encode(TEXTS)
+    assert X.shape == (6, 256) and X.dtype == np.float32
+    assert np.allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-5)
+    sims = X @ X.T
+    # the two falls are closer to each other than to the truck crash
+    assert sims[0, 1] > sims[0, 2] and sims[0, 1] > sims[1, 2]
+
+
+def test_tfidf_svd_fits_on_given_texts_and_round_trips(tmp_path: Path) -> None:
+    enc = make_encoder("tfidf-svd", dim=4, min_df=1)
+    enc.fit(TEXTS)
+    X = enc.encode(TEXTS)
+    assert X.shape == (6, 4) and np.allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-5)
+    save_encoder(enc, tmp_path)
+    back = load_encoder(tmp_path)
+    assert back.key == enc.key
+    assert np.allclose(back.encode(["a worker fell from a ladder"]), enc.encode(["a worker fell from a ladder"]), atol=1e-6)
+    other = make_encoder("tfidf-svd", dim=4, min_df=1)
+    other.fit(TEXTS[:5])
+    assert other.key != enc.key  # the fit corpus is part of the address
+
+
+def test_hybrid_is_the_normalized_concatenation() -> None:
+    enc = make_encoder("hybrid", tfidf_dim=4, tfidf_min_df=1)
+    X = embed_texts(enc, TEXTS, fit_texts=TEXTS)
+    assert X.shape == (6, 260) and np.allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-5)
+    w, t = enc.parts[0].encode(TEXTS), enc.parts[1].encode(TEXTS)
+    expected = np.concatenate([w, t], axis=1) / np.sqrt(2)
+    assert np.allclose(X, expected, atol=1e-5)
+    assert enc.dim == 260
+
+
+def test_cache_second_run_encodes_nothing(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path)
+    first, second = EmbedStats(), EmbedStats()
+    a = embed_texts(make_encoder("hybrid", tfidf_dim=4, tfidf_min_df=1), TEXTS, TEXTS, cache, first)
+    b = embed_texts(make_encoder("hybrid", tfidf_dim=4, tfidf_min_df=1), TEXTS, TEXTS, cache, second)
+    assert first.encoded == 12 and second.encoded == 0 and second.cached == 12
+    assert np.array_equal(a, b)
+    # new texts are encoded alone; the known ones come from the cache
+    third = EmbedStats()
+    embed_texts(make_encoder("hybrid", tfidf_dim=4, tfidf_min_df=1), [*TEXTS, "a new report"], TEXTS, cache, third)
+    assert third.encoded == 2 and third.cached == 12
+
+
+def test_a_corrupt_cache_shard_is_dropped_and_rebuilt(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path)
+    enc = make_encoder("wordllama")
+    a = embed_texts(enc, TEXTS, cache=cache)
+    shard = next((tmp_path / "embeddings").rglob("*.npz"))
+    shard.write_bytes(shard.read_bytes()[:-10])  # truncated, as by a crash mid-write
+    stats = EmbedStats()
+    b = embed_texts(enc, TEXTS, cache=cache, stats=stats)
+    assert stats.encoded == 6 and np.allclose(a, b, atol=1e-6)
+    # rewritten whole: the same content, so the same content-addressed name, and it verifies
+    from abexrat.io import sha256_file
+
+    assert shard.exists() and sha256_file(shard) == shard.stem
+
+
+def test_unknown_encoder_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="unknown encoder 'bert'"):
+        make_encoder("bert")
+    with pytest.raises(UserError, match="encoder.options"):
+        make_encoder("wordllama", colour="red")

@@ -1,0 +1,27 @@
+"""The default recipe on the real OSHA splits, as a user runs it (shortened to 4 epochs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import REPO
+
+
+def test_baseline_trains_on_osha_and_a_rerun_encodes_nothing(osha_dir: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    args = ["train", REPO / "studies" / "baseline.yaml", "--seeds", "2", "--set", "train.epochs=4", "--data-dir", osha_dir]
+    first = cli(*args, "--out", tmp_path / "a")
+    assert first.code == 0, first.stderr
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert m["train_size"] == 3576 + 2785
+    assert m["timings"]["texts_encoded"] == 2 * 7255 - m["timings"]["texts_cached"]
+    # four epochs already separate the three large classes well
+    assert m["test"]["weighted_f1"]["mean"] > 0.8
+    for c in ("FALLS,SLIPS,TRIPS", "CONTACT WITH OBJECTS AND EQUIPMENT"):
+        assert m["test"]["per_class"][c]["f1"]["mean"] > 0.8
+    second = cli(*args, "--out", tmp_path / "b")
+    assert second.code == 0, second.stderr
+    m2 = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert m2["timings"]["texts_encoded"] == 0
+    assert m2["timings"]["encode_s"] == 0.0
+    assert m2["test"]["macro_f1"] == m["test"]["macro_f1"]  # same seeds, same cached vectors: same result
