@@ -188,7 +188,9 @@ class DPAAT(FGM):
         eps = (self.eps * 2.0 * torch.sigmoid(-self.beta * z)).clamp(self.eps_min, hi)
         m = self.momentum
         self.mean = m * self.mean + (1 - m) * loss.mean(-1, keepdim=True)
-        self.var = m * self.var + (1 - m) * loss.var(-1, keepdim=True, unbiased=False) if loss.shape[-1] > 1 else self.var
+        self.var = (
+            m * self.var + (1 - m) * loss.var(-1, keepdim=True, unbiased=False) if loss.shape[-1] > 1 else self.var
+        )
         self.last_eps = eps
         return eps
 

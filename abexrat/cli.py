@@ -19,14 +19,24 @@ from rich.table import Table
 
 from abexrat.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Hyperparameter searches and ablations of ABEX-RAT (OSHA accident-report classification).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Hyperparameter searches and ablations of ABEX-RAT (OSHA accident-report classification).",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Get and check datasets.")
 app.add_typer(data_app, name="data")
+from abexrat.augment.cli import augment_app  # noqa: E402
+app.add_typer(augment_app, name="augment")
+study_app = typer.Typer(no_args_is_help=True, help="Searches and ablations on Ray Tune + Optuna.")
+app.add_typer(study_app, name="study")
 out = Console()
 err = Console(stderr=True)
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="OSHA files folder (else $ABEXRAT_DATA_DIR, else the cache)")]
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="OSHA files folder (else $ABEXRAT_DATA_DIR, else the cache)")
+]
 
 
 class Progress:
@@ -45,8 +55,14 @@ def progress() -> Iterator[Progress]:
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
     from rich.progress import Progress as RichProgress
 
-    with RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=err, transient=False) as bar:
+    with RichProgress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    ) as bar:
         yield Progress(bar)
 
 
@@ -92,8 +108,12 @@ def data_check(
         table.add_row(c, *(str(counts[s][c]) for s in counts))
     table.add_row("total", *(str(sum(counts[s].values())) for s in counts), style="bold")
     out.print(table)
-    notes = [f"{s}: class {c!r} has {n} report(s): its F1 moves in large steps"
-             for s in ("val", "test") for c, n in counts[s].items() if 0 < n < 5]
+    notes = [
+        f"{s}: class {c!r} has {n} report(s): its F1 moves in large steps"
+        for s in ("val", "test")
+        for c, n in counts[s].items()
+        if 0 < n < 5
+    ]
     notes += [f"{s}: class {c!r} has no reports" for s in ("val", "test") for c, n in counts[s].items() if n == 0]
     for note in notes:
         out.print(f"[yellow]note[/]: {note}")
@@ -106,7 +126,9 @@ def data_check(
 @app.command()
 def embed(
     config: Annotated[Path | None, typer.Argument(help="a train config (dataset + encoder)")] = None,
-    encoder: Annotated[str | None, typer.Option(help="encoder: wordllama, tfidf-svd, hybrid, hf:<model>, vllm:<model>")] = None,
+    encoder: Annotated[
+        str | None, typer.Option(help="encoder: wordllama, tfidf-svd, hybrid, hf:<model>, vllm:<model>")
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Embed every split of the dataset into the cache (a rerun encodes nothing it has seen)."""
@@ -122,8 +144,10 @@ def embed(
     with progress() as bar:
         feats = featurize(ds, enc, progress=bar.task(f"encoding with {cfg.encoder.name}", n))
     s = feats.stats
-    out.print(f"{n} texts, dim {enc.dim}: {s.encoded} encoded, {s.cached} cached "
-              f"({s.encode_s:.2f} s encoding, {time.perf_counter() - t0:.2f} s in all); key {enc.key}")
+    out.print(
+        f"{n} texts, dim {enc.dim}: {s.encoded} encoded, {s.cached} cached "
+        f"({s.encode_s:.2f} s encoding, {time.perf_counter() - t0:.2f} s in all); key {enc.key}"
+    )
 
 
 # ---------------------------------------------------------------- train
@@ -133,7 +157,9 @@ def embed(
 def train(
     config: Annotated[Path, typer.Argument(help="train config YAML, e.g. studies/baseline.yaml")],
     out_dir: Annotated[Path, typer.Option("--out", help="run folder to write")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override: key=value (e.g. adversarial.eps=0.3)")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override: key=value (e.g. adversarial.eps=0.3)")
+    ] = None,
     seeds: Annotated[int | None, typer.Option(help="number of seeds (seed .. seed+N-1)")] = None,
     data_dir: DataDir = None,
 ) -> None:
@@ -153,12 +179,19 @@ def train(
     for col in ("split", "macro-F1", "weighted-F1", "accuracy"):
         table.add_column(col, justify="right" if col != "split" else "left")
     for split in ("val", "test"):
-        table.add_row(split, *(f"{_pct(m[split][k]['mean'])} ± {_pct(m[split][k]['std'])}"
-                               for k in ("macro_f1", "weighted_f1", "accuracy")))
+        table.add_row(
+            split,
+            *(
+                f"{_pct(m[split][k]['mean'])} ± {_pct(m[split][k]['std'])}"
+                for k in ("macro_f1", "weighted_f1", "accuracy")
+            ),
+        )
     out.print(table)
     t = m["timings"]
-    out.print(f"encoding {t['encode_s']:.1f} s ({t['texts_encoded']} encoded, {t['texts_cached']} cached), "
-              f"training {t['train_s']:.1f} s, total {t['total_s']:.1f} s; wrote {out_dir}/metrics.json")
+    out.print(
+        f"encoding {t['encode_s']:.1f} s ({t['texts_encoded']} encoded, {t['texts_cached']} cached), "
+        f"training {t['train_s']:.1f} s, total {t['total_s']:.1f} s; wrote {out_dir}/metrics.json"
+    )
 
 
 # ---------------------------------------------------------------- evaluate / predict
@@ -181,7 +214,9 @@ def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="a trained run folder")],
     data: Annotated[Path, typer.Argument(help="labeled reports: .json, .jsonl, .csv or .parquet")],
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the scores here")] = None,
-    text_column: Annotated[str | None, typer.Option(help="column with the whole text (default: title + summary)")] = None,
+    text_column: Annotated[
+        str | None, typer.Option(help="column with the whole text (default: title + summary)")
+    ] = None,
     label_column: Annotated[str, typer.Option(help="column with the label")] = "gold",
 ) -> None:
     """Score a run's seed models on any labeled dataset with the same classes."""
@@ -206,19 +241,27 @@ def evaluate(
     with progress() as bar:
         X = embed_texts(run.encoder, texts, progress=bar.task("encoding", len(texts)))
     s = score(np.asarray(y), predict_proba(run.model, X).argmax(-1), run.classes)
-    result = {"run": str(run_dir), "data": str(data), "n": len(texts), "seeds": run.seeds,
-              **{k: s[k]["mean"] for k in ("macro_f1", "weighted_f1", "accuracy")},
-              "std": {k: s[k]["std"] for k in ("macro_f1", "weighted_f1", "accuracy")},
-              "per_class": {c: {k: v["mean"] if isinstance(v, dict) else v for k, v in d.items()}
-                            for c, d in s["per_class"].items()}}
+    result = {
+        "run": str(run_dir),
+        "data": str(data),
+        "n": len(texts),
+        "seeds": run.seeds,
+        **{k: s[k]["mean"] for k in ("macro_f1", "weighted_f1", "accuracy")},
+        "std": {k: s[k]["std"] for k in ("macro_f1", "weighted_f1", "accuracy")},
+        "per_class": {
+            c: {k: v["mean"] if isinstance(v, dict) else v for k, v in d.items()} for c, d in s["per_class"].items()
+        },
+    }
     table = Table(title=f"{data.name}: {len(texts)} reports, mean over {len(run.seeds)} seed(s)")
     for col in ("class", "precision", "recall", "F1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for c, d in result["per_class"].items():
         table.add_row(c, _pct(d["precision"]), _pct(d["recall"]), _pct(d["f1"]), str(d["support"]))
     out.print(table)
-    out.print(f"macro-F1 {_pct(result['macro_f1'])}  weighted-F1 {_pct(result['weighted_f1'])}  "
-              f"accuracy {_pct(result['accuracy'])}")
+    out.print(
+        f"macro-F1 {_pct(result['macro_f1'])}  weighted-F1 {_pct(result['weighted_f1'])}  "
+        f"accuracy {_pct(result['accuracy'])}"
+    )
     if json_out:
         write_json(json_out, result)
 
@@ -226,8 +269,12 @@ def evaluate(
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="a trained run folder")],
-    input_file: Annotated[Path, typer.Argument(help="reports: .json, .jsonl, .csv or .parquet (title/summary or --text-column)")],
-    text_column: Annotated[str | None, typer.Option(help="column with the whole text (default: title + summary)")] = None,
+    input_file: Annotated[
+        Path, typer.Argument(help="reports: .json, .jsonl, .csv or .parquet (title/summary or --text-column)")
+    ],
+    text_column: Annotated[
+        str | None, typer.Option(help="column with the whole text (default: title + summary)")
+    ] = None,
     json_lines: Annotated[bool, typer.Option("--jsonl", help="print one JSON object per report")] = False,
 ) -> None:
     """Print a label and class probabilities (mean over the run's seeds) for each report."""
@@ -247,6 +294,48 @@ def predict(
         else:
             top = sorted(probs.items(), key=lambda kv: -kv[1])[:3]
             out.print(f"{rid}\t{label}\t" + "  ".join(f"{c}={v:.3f}" for c, v in top))
+
+
+@study_app.command("run")
+def study_run(
+    study_file: Annotated[Path, typer.Argument(help="a study YAML, e.g. studies/quickstart.yaml")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="study folder (default: runs/<name>)")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (else $RAY_ADDRESS, else a local Ray)")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted study in --out")] = False,
+    name: Annotated[str | None, typer.Option(help="study name (default: the file's)")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Run a search or an ablation, retrain the best with K seeds, score it once on test."""
+    from abexrat.study.config import check_name, load_study
+    from abexrat.study.runner import run_study
+
+    study = load_study(study_file)
+    if name:
+        study = study.model_copy(update={"name": check_name(name)})
+    folder = out_dir or Path("runs") / study.name
+    s = run_study(study, folder, address=address, resume=resume, data_dir=str(data_dir) if data_dir else None)
+    b = s["best_config"]
+    out.print(f"[bold]{study.name}[/]: {s['trials']} trials in {s['wall_s']:.0f} s")
+    out.print(
+        f"best: method={b['method']} eps={b['eps']:.3g} p={b['p']:.3g} r={b['aug_ratio']:.3g}  "
+        f"val macro-F1 {_pct(s['best_val_macro_f1'])} (search), "
+        f"{_pct(s['val']['macro_f1']['mean'])} ± {_pct(s['val']['macro_f1']['std'])} ({len(s['seeds'])} seeds)"
+    )
+    t = s["test"]
+    out.print(
+        f"test macro-F1 {_pct(t['macro_f1']['mean'])} ± {_pct(t['macro_f1']['std'])}, "
+        f"weighted-F1 {_pct(t['weighted_f1']['mean'])} ± {_pct(t['weighted_f1']['std'])}  (paper: 90.32 / 92.82)"
+    )
+    for bname, bl in s["baselines"].items():
+        out.print(
+            f"baseline {bname}: test macro-F1 {_pct(bl['test']['macro_f1']['mean'])} ± "
+            f"{_pct(bl['test']['macro_f1']['std'])}"
+        )
+    out.print(f"wrote {folder}/summary.json and trials.parquet")
+    if s["tracking"]["mode"] == "offline":
+        out.print(f"W&B runs are offline; upload them with: wandb sync {s["tracking"]["dir"]}/offline-run-*")
 
 
 def main(argv: list[str] | None = None) -> None:

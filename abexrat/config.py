@@ -22,7 +22,9 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    dataset: str = Field("osha", description="'osha' (the paper's splits), a file, or a folder with train/val/test files")
+    dataset: str = Field(
+        "osha", description="'osha' (the paper's splits), a file, or a folder with train/val/test files"
+    )
     data_dir: str | None = Field(None, description="where the OSHA files are (else $ABEXRAT_DATA_DIR, else the cache)")
     text_column: str | None = None
     label_column: str = "gold"
@@ -31,7 +33,10 @@ class DataConfig(Strict):
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     split_seed: int = Field(0, ge=0)
-    aug_pool: str = Field("published", description="'published' (train_aug.json's synthetic rows), 'none', or a pool folder / Parquet file")
+    aug_pool: str = Field(
+        "published",
+        description="'published' (train_aug.json's synthetic rows), 'none', or a pool folder / Parquet file",
+    )
     aug_ratio: float = Field(1.0, ge=0.0, le=1.0)
     aug_seed: int = Field(0, ge=0)
 
@@ -75,7 +80,9 @@ class OptimConfig(Strict):
 
 class AdversarialConfig(Strict):
     method: str = "rat"
-    eps: float = Field(0.5, ge=0.0, le=100.0, description="perturbation norm, relative to the mean training-vector norm")
+    eps: float = Field(
+        0.5, ge=0.0, le=100.0, description="perturbation norm, relative to the mean training-vector norm"
+    )
     p: float = Field(0.5, ge=0.0, le=1.0, description="rat: probability that a batch gets the fgm term")
     steps: int = Field(3, ge=1, le=100, description="pgd: number of steps")
     step_size: float = Field(0.0, ge=0.0, le=100.0, description="pgd: relative step size; 0 = 2.5 eps / steps")

@@ -62,8 +62,7 @@ class Split:
     def subset(self, index: np.ndarray | list[int]) -> Split:
         index = np.asarray(index, dtype=np.int64)
         src = [self.source_ids[i] for i in index] if self.source_ids else []
-        return Split([self.ids[i] for i in index], [self.texts[i] for i in index],
-                     self.labels[index], src)
+        return Split([self.ids[i] for i in index], [self.texts[i] for i in index], self.labels[index], src)
 
 
 @dataclass(frozen=True)
@@ -151,7 +150,11 @@ def _row_text(path: Path, i: int, row: dict[str, Any], cols: Columns) -> str:
     for f in fields:
         if row.get(f) is not None and not isinstance(row[f], str):
             raise UserError(f"{path}: row {i}: column {f!r} must be text, got {type(row[f]).__name__}")
-    text = compose_text(None, row.get(cols.text)) if cols.text else compose_text(row.get(cols.title), row.get(cols.summary))
+    text = (
+        compose_text(None, row.get(cols.text))
+        if cols.text
+        else compose_text(row.get(cols.title), row.get(cols.summary))
+    )
     if not text:
         raise UserError(f"{path}: row {i}: empty or null text")
     return text
@@ -199,8 +202,11 @@ def _to_split(rows: _Rows, classes: list[str], rows_index: list[int] | None = No
     for i in sel:
         if rows.labels[i] not in index:
             raise UserError(f"{rows.path}: row {i}: label {rows.labels[i]!r} never appears in training")
-    return Split([rows.ids[i] for i in sel], [rows.texts[i] for i in sel],
-                 np.array([index[rows.labels[i]] for i in sel], dtype=np.int64))
+    return Split(
+        [rows.ids[i] for i in sel],
+        [rows.texts[i] for i in sel],
+        np.array([index[rows.labels[i]] for i in sel], dtype=np.int64),
+    )
 
 
 def _check_disjoint(train: _Rows, other: _Rows, other_index: list[int] | None = None) -> None:
@@ -243,8 +249,9 @@ def load_osha(data_dir: str | Path | None = None) -> Dataset:
     return _assemble("osha", train_rows, orig, synth, val_rows, test_rows)
 
 
-def _assemble(name: str, train_rows: _Rows, orig: list[int], synth: list[int],
-              val_rows: _Rows, test_rows: _Rows) -> Dataset:
+def _assemble(
+    name: str, train_rows: _Rows, orig: list[int], synth: list[int], val_rows: _Rows, test_rows: _Rows
+) -> Dataset:
     if not orig:
         raise UserError(f"{train_rows.path}: no original (non-synthetic) training rows")
     classes = _class_order([train_rows.labels[i] for i in orig])
@@ -256,8 +263,10 @@ def _assemble(name: str, train_rows: _Rows, orig: list[int], synth: list[int],
     for i, rid in zip(synth, synthetic.ids):
         src = _AUG_ID.match(rid)["src"]  # type: ignore[index]
         if src not in orig_ids:
-            raise UserError(f"{train_rows.path}: row {i}: synthetic row {rid!r} names source {src!r}, "
-                            "which is not a training report")
+            raise UserError(
+                f"{train_rows.path}: row {i}: synthetic row {rid!r} names source {src!r}, "
+                "which is not a training report"
+            )
         sources.append(src)
     synthetic = Split(synthetic.ids, synthetic.texts, synthetic.labels, sources)
     train_only = _Rows(train_rows.path, train.ids, train.texts, [train_rows.labels[i] for i in orig])
@@ -275,8 +284,9 @@ def load_splits(train: str | Path, val: str | Path, test: str | Path, cols: Colu
     return _assemble(Path(train).stem, tr, orig, synth, parse_rows(val, cols), parse_rows(test, cols))
 
 
-def load_table(path: str | Path, cols: Columns = Columns(), val_fraction: float = 0.1,
-               test_fraction: float = 0.1, seed: int = 0) -> Dataset:
+def load_table(
+    path: str | Path, cols: Columns = Columns(), val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
+) -> Dataset:
     """One labeled file with no splits: stratified train / val / test by ``seed``."""
     rows = parse_rows(path, cols)
     classes = _class_order(rows.labels)
@@ -290,12 +300,19 @@ def load_table(path: str | Path, cols: Columns = Columns(), val_fraction: float 
     train = Split(train.ids, train.texts, train.labels, list(train.ids))
     train_rows = _Rows(rows.path, train.ids, train.texts, [rows.labels[i] for i in idx_train])
     _check_disjoint(train_rows, rows, list(idx_val) + list(idx_test))
-    return Dataset(Path(path).stem, classes, train, _to_split(rows, classes, list(idx_val)),
-                   _to_split(rows, classes, list(idx_test)), Split([], [], np.zeros(0, np.int64), []))
+    return Dataset(
+        Path(path).stem,
+        classes,
+        train,
+        _to_split(rows, classes, list(idx_val)),
+        _to_split(rows, classes, list(idx_test)),
+        Split([], [], np.zeros(0, np.int64), []),
+    )
 
 
-def stratified_split(y: np.ndarray, val_fraction: float, test_fraction: float,
-                     seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def stratified_split(
+    y: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Indices (train, val, test), each class split in the given fractions (at least one row each)."""
     from sklearn.model_selection import train_test_split
 
@@ -317,8 +334,9 @@ def stratified_folds(y: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray,
 # ---------------------------------------------------------------- augmentation ratio
 
 
-def select_synthetic(pool: Split, n_classes: int, ratio: float, seed: int,
-                     allowed_sources: set[str] | None = None) -> np.ndarray:
+def select_synthetic(
+    pool: Split, n_classes: int, ratio: float, seed: int, allowed_sources: set[str] | None = None
+) -> np.ndarray:
     """Indices into ``pool``: per class, the first ceil(ratio * n) rows in an order seeded by ``seed``.
 
     ``allowed_sources`` keeps only rows made from those originals (a training fold's reports).
@@ -340,8 +358,7 @@ def select_synthetic(pool: Split, n_classes: int, ratio: float, seed: int,
 # ---------------------------------------------------------------- download
 
 
-def fetch_osha(dest: str | Path | None = None, base_url: str | None = None,
-               progress: Any = None) -> list[Path]:
+def fetch_osha(dest: str | Path | None = None, base_url: str | None = None, progress: Any = None) -> list[Path]:
     """Download the three OSHA files from the pinned commit and verify their sha256.
 
     ``base_url`` (or ``$ABEXRAT_OSHA_URL``) replaces the GitHub address, e.g. for a mirror.

@@ -87,8 +87,9 @@ def prepare(enc: Encoder, fit_texts: list[str] | None) -> None:
             leaf.set_fit_corpus(fit_texts)  # type: ignore[attr-defined]
 
 
-def ensure_fitted(leaf: Encoder, fit_texts: list[str] | None, cache: EmbeddingCache,
-                  stats: EmbedStats | None = None) -> None:
+def ensure_fitted(
+    leaf: Encoder, fit_texts: list[str] | None, cache: EmbeddingCache, stats: EmbedStats | None = None
+) -> None:
     """Load the leaf's fitted state from the cache, or fit it and store the state."""
     if not leaf.needs_fit or getattr(leaf, "fitted", False):
         return
@@ -112,9 +113,14 @@ def _load_arrays(folder: Path) -> dict[str, np.ndarray]:
     return {k.split(".", 1)[1]: v for k, v in load_file(str(folder / "encoder.safetensors")).items()}
 
 
-def embed_texts(enc: Encoder, texts: list[str], fit_texts: list[str] | None = None,
-                cache: EmbeddingCache | None = None, stats: EmbedStats | None = None,
-                progress: Callable[[int], None] | None = None) -> np.ndarray:
+def embed_texts(
+    enc: Encoder,
+    texts: list[str],
+    fit_texts: list[str] | None = None,
+    cache: EmbeddingCache | None = None,
+    stats: EmbedStats | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
     """Embed ``texts`` into an array of shape (n, enc.dim), encoding only what the cache lacks.
 
     ``fit_texts`` are the training originals for encoders that fit (tf-idf); ``progress``
@@ -133,7 +139,7 @@ def embed_texts(enc: Encoder, texts: list[str], fit_texts: list[str] | None = No
             ensure_fitted(leaf, fit_texts, cache, stats)
             t0 = time.perf_counter()
             for start in range(0, len(missing), ENCODE_CHUNK):
-                chunk = missing[start:start + ENCODE_CHUNK]
+                chunk = missing[start : start + ENCODE_CHUNK]
                 vecs = leaf.encode([texts[i] for i in chunk])
                 cache.add(leaf.key, [digests[i] for i in chunk], vecs)
                 found.update({digests[i]: v for i, v in zip(chunk, vecs)})

@@ -100,8 +100,9 @@ class WordLlamaEncoder(Encoder):
 
             # Its own lookup of bundled weights is broken: point it at the package folder.
             pkg = Path(wordllama.__file__).parent
-            self._model = WordLlama.load(cache_dir=pkg, disable_download=True, dim=256,
-                                         trunc_dim=self.dim_ if self.dim_ != 256 else None)
+            self._model = WordLlama.load(
+                cache_dir=pkg, disable_download=True, dim=256, trunc_dim=self.dim_ if self.dim_ != 256 else None
+            )
         return self._model
 
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -126,8 +127,13 @@ class TfidfSvdEncoder(Encoder):
     _components: np.ndarray | None = field(default=None, repr=False)
 
     def options(self) -> dict[str, Any]:
-        return {"dim": self.dim_, "ngram": self.ngram, "min_df": self.min_df,
-                "max_features": self.max_features, "fit": self.fit_digest}
+        return {
+            "dim": self.dim_,
+            "ngram": self.ngram,
+            "min_df": self.min_df,
+            "max_features": self.max_features,
+            "fit": self.fit_digest,
+        }
 
     @property
     def dim(self) -> int:
@@ -136,9 +142,15 @@ class TfidfSvdEncoder(Encoder):
     def _vectorizer_for(self, vocabulary: dict[str, int] | None = None) -> Any:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        return TfidfVectorizer(ngram_range=(1, self.ngram), min_df=self.min_df, sublinear_tf=True,
-                               max_features=self.max_features, strip_accents="unicode",
-                               vocabulary=vocabulary, dtype=np.float32)
+        return TfidfVectorizer(
+            ngram_range=(1, self.ngram),
+            min_df=self.min_df,
+            sublinear_tf=True,
+            max_features=self.max_features,
+            strip_accents="unicode",
+            vocabulary=vocabulary,
+            dtype=np.float32,
+        )
 
     def set_fit_corpus(self, texts: list[str]) -> None:
         """Name the corpus that ``fit`` will use, so the key is known before fitting."""
@@ -175,8 +187,11 @@ class TfidfSvdEncoder(Encoder):
         vocab = sorted(self._vectorizer.vocabulary_, key=self._vectorizer.vocabulary_.get)
         # Terms travel as one UTF-8 blob with offsets: safetensors holds numeric arrays only.
         blob = "\n".join(vocab).encode()
-        return {"idf": self._vectorizer.idf_.astype(np.float32), "components": self._components,
-                "vocab_utf8": np.frombuffer(blob, np.uint8).copy()}
+        return {
+            "idf": self._vectorizer.idf_.astype(np.float32),
+            "components": self._components,
+            "vocab_utf8": np.frombuffer(blob, np.uint8).copy(),
+        }
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         terms = bytes(arrays["vocab_utf8"]).decode().split("\n")
@@ -204,9 +219,15 @@ class HybridEncoder(Encoder):
 
     def __post_init__(self) -> None:
         self.weights = tuple(float(w) for w in self.weights)  # type: ignore[assignment]
-        self.parts = (WordLlamaEncoder(dim_=self.wordllama_dim),
-                      TfidfSvdEncoder(dim_=self.tfidf_dim, ngram=self.tfidf_ngram,
-                                      min_df=self.tfidf_min_df, max_features=self.tfidf_max_features))
+        self.parts = (
+            WordLlamaEncoder(dim_=self.wordllama_dim),
+            TfidfSvdEncoder(
+                dim_=self.tfidf_dim,
+                ngram=self.tfidf_ngram,
+                min_df=self.tfidf_min_df,
+                max_features=self.tfidf_max_features,
+            ),
+        )
 
     def options(self) -> dict[str, Any]:
         return {"weights": list(self.weights), "parts": [p.key for p in self.parts]}
@@ -231,7 +252,9 @@ def make_encoder(spec: str, **options: Any) -> Encoder:
 
         return VLLMEncoder(model=spec[5:], **options)
     if spec not in ENCODERS:
-        raise UserError(f"encoder: unknown encoder {spec!r} (known: {', '.join(sorted(ENCODERS))}, hf:<model>, vllm:<model>)")
+        raise UserError(
+            f"encoder: unknown encoder {spec!r} (known: {', '.join(sorted(ENCODERS))}, hf:<model>, vllm:<model>)"
+        )
     aliases = {"dim": "dim_"}
     try:
         return ENCODERS[spec](**{aliases.get(k, k): v for k, v in options.items()})
@@ -255,9 +278,13 @@ def save_encoder(enc: Encoder, folder: Path) -> None:
     arrays = {}
     for i, leaf in enumerate(leaves(enc)):
         arrays.update({f"{i}.{k}": v for k, v in leaf.arrays().items()})
-    meta = {"spec": encoder_spec(enc), "key": enc.key, "dim": enc.dim,
-            "options": {k: v for k, v in _init_options(enc).items()},
-            "fit": [getattr(leaf, "fit_digest", "") for leaf in leaves(enc)]}
+    meta = {
+        "spec": encoder_spec(enc),
+        "key": enc.key,
+        "dim": enc.dim,
+        "options": {k: v for k, v in _init_options(enc).items()},
+        "fit": [getattr(leaf, "fit_digest", "") for leaf in leaves(enc)],
+    }
     with atomic_path(folder / "encoder.safetensors") as tmp:
         save_file(arrays, str(tmp))
     write_json(folder / "encoder.json", meta)

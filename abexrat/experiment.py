@@ -44,8 +44,17 @@ def load_dataset(cfg: TrainConfig) -> Dataset:
     else:
         path = Path(d.dataset)
         if path.is_dir():
-            files = {s: next((path / f"{s}{ext}" for ext in (".json", ".jsonl", ".csv", ".parquet")
-                              if (path / f"{s}{ext}").is_file()), None) for s in ("train", "val", "test")}
+            files = {
+                s: next(
+                    (
+                        path / f"{s}{ext}"
+                        for ext in (".json", ".jsonl", ".csv", ".parquet")
+                        if (path / f"{s}{ext}").is_file()
+                    ),
+                    None,
+                )
+                for s in ("train", "val", "test")
+            }
             if files["train"] is None:
                 raise UserError(f"{path}: no train.(json|jsonl|csv|parquet) in this folder")
             if files["val"] is None or files["test"] is None:
@@ -83,16 +92,16 @@ class Features:
         """Originals plus, per class, the first ceil(ratio n) synthetic rows in a seeded order."""
         pool = Split([""] * len(self.y_synth), [""] * len(self.y_synth), self.y_synth, self.synth_sources)
         pick = select_synthetic(pool, len(self.classes), ratio, seed)
-        return (np.concatenate([self.X_train, self.X_synth[pick]]),
-                np.concatenate([self.y_train, self.y_synth[pick]]))
+        return (np.concatenate([self.X_train, self.X_synth[pick]]), np.concatenate([self.y_train, self.y_synth[pick]]))
 
 
 def build_encoder(cfg: TrainConfig) -> Encoder:
     return make_encoder(cfg.encoder.name, **cfg.encoder.options)
 
 
-def featurize(ds: Dataset, enc: Encoder, cache: EmbeddingCache | None = None,
-              progress: Callable[[int], None] | None = None) -> Features:
+def featurize(
+    ds: Dataset, enc: Encoder, cache: EmbeddingCache | None = None, progress: Callable[[int], None] | None = None
+) -> Features:
     """Embed every split (the tf-idf part fits on training originals only)."""
     stats = EmbedStats()
     parts = [ds.train, ds.synthetic, ds.val, ds.test]
@@ -100,25 +109,43 @@ def featurize(ds: Dataset, enc: Encoder, cache: EmbeddingCache | None = None,
     X = embed_texts(enc, texts, fit_texts=ds.train.texts, cache=cache, stats=stats, progress=progress)
     cuts = np.cumsum([len(p) for p in parts])[:-1]
     Xtr, Xsy, Xva, Xte = np.split(X, cuts)
-    return Features(ds.classes, Xtr, ds.train.labels, Xsy, ds.synthetic.labels, ds.synthetic.source_ids,
-                    Xva, ds.val.labels, Xte, ds.test.labels, enc.key, stats)
+    return Features(
+        ds.classes,
+        Xtr,
+        ds.train.labels,
+        Xsy,
+        ds.synthetic.labels,
+        ds.synthetic.source_ids,
+        Xva,
+        ds.val.labels,
+        Xte,
+        ds.test.labels,
+        enc.key,
+        stats,
+    )
 
 
-def train_and_score(feats: Features, cfg: TrainConfig, seeds: list[int],
-                    on_epoch: Callable[[int, dict[str, list[float]]], None] | None = None,
-                    ) -> tuple[TrainResult, dict[str, Any]]:
+def train_and_score(
+    feats: Features,
+    cfg: TrainConfig,
+    seeds: list[int],
+    on_epoch: Callable[[int, dict[str, list[float]]], None] | None = None,
+) -> tuple[TrainResult, dict[str, Any]]:
     """Train all seeds on the config's training set; score on val and test (test is never used to choose)."""
     X, y = feats.training_set(cfg.data.aug_ratio, cfg.data.aug_seed)
     result = fit(X, y, len(feats.classes), cfg, seeds, val=(feats.X_val, feats.y_val), on_epoch=on_epoch)
-    scores = {}
+    scores: dict[str, Any] = {}
     for split, Xs, ys in (("val", feats.X_val, feats.y_val), ("test", feats.X_test, feats.y_test)):
-        scores[split] = score(ys, predict_proba(result.model, Xs).argmax(-1), feats.classes)
+        pred = predict_proba(result.model, Xs).argmax(-1)
+        scores[split] = score(ys, pred, feats.classes)
+        scores[f"{split}_pred"] = pred.astype(int).tolist()  # (S, n): paired tests compare these
     scores["train_size"] = int(len(y))
     return result, scores
 
 
-def save_run(out: Path, cfg: TrainConfig, enc: Encoder, classes: list[str], result: TrainResult,
-             metrics: dict[str, Any]) -> None:
+def save_run(
+    out: Path, cfg: TrainConfig, enc: Encoder, classes: list[str], result: TrainResult, metrics: dict[str, Any]
+) -> None:
     """Write a run folder; metrics.json goes last, so its presence marks a complete run."""
     from safetensors.torch import save_file
 
@@ -130,9 +157,16 @@ def save_run(out: Path, cfg: TrainConfig, enc: Encoder, classes: list[str], resu
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(folder / "model.safetensors") as tmp:
             save_file(result.model.member_state(s), str(tmp))
-        write_json(folder / "model.json", {
-            "seed": seed, "dims": result.model.dims, "classes": classes, "encoder_key": enc.key,
-            "input_scale": result.scale})
+        write_json(
+            folder / "model.json",
+            {
+                "seed": seed,
+                "dims": result.model.dims,
+                "classes": classes,
+                "encoder_key": enc.key,
+                "input_scale": result.scale,
+            },
+        )
     write_json(out / "metrics.json", metrics)
 
 
@@ -195,9 +229,14 @@ def run_config(cfg: TrainConfig, out: Path, progress: Any = None) -> dict[str, A
         "test": scores["test"],
         "train_size": scores["train_size"],
         "history": result.history,
-        "timings": {"encode_s": feats.stats.encode_s, "fit_encoder_s": feats.stats.fit_s,
-                    "texts_encoded": feats.stats.encoded, "texts_cached": feats.stats.cached,
-                    "train_s": result.train_s, "total_s": time.perf_counter() - t0},
+        "timings": {
+            "encode_s": feats.stats.encode_s,
+            "fit_encoder_s": feats.stats.fit_s,
+            "texts_encoded": feats.stats.encoded,
+            "texts_cached": feats.stats.cached,
+            "train_s": result.train_s,
+            "total_s": time.perf_counter() - t0,
+        },
     }
     save_run(out, cfg, enc, ds.classes, result, metrics)
     return metrics

@@ -41,12 +41,23 @@ def score(y_true: np.ndarray, preds: np.ndarray, classes: list[str]) -> dict[str
         conf.append(confusion_matrix(y_true, p, labels=labels))
     support = np.bincount(y_true, minlength=C)
     per_class = {
-        name: {"precision": summarize([v[c] for v in per_p]), "recall": summarize([v[c] for v in per_r]),
-               "f1": summarize([v[c] for v in per_f]), "support": int(support[c])}
-        for c, name in enumerate(classes)}
+        name: {
+            "precision": summarize([v[c] for v in per_p]),
+            "recall": summarize([v[c] for v in per_r]),
+            "f1": summarize([v[c] for v in per_f]),
+            "support": int(support[c]),
+        }
+        for c, name in enumerate(classes)
+    }
     return {
-        "macro_f1": summarize(mf), "weighted_f1": summarize(wf), "accuracy": summarize(acc),
+        "macro_f1": summarize(mf),
+        "weighted_f1": summarize(wf),
+        "accuracy": summarize(acc),
         "per_class": per_class,
-        "confusion": {"labels": list(classes), "rows_are": "true", "per_seed": [m.tolist() for m in conf],
-                      "total": np.sum(conf, axis=0).tolist()},
+        "confusion": {
+            "labels": list(classes),
+            "rows_are": "true",
+            "per_seed": [m.tolist() for m in conf],
+            "total": np.sum(conf, axis=0).tolist(),
+        },
     }

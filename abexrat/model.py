@@ -17,15 +17,14 @@ from torch import Tensor, nn
 class EnsembleMLP(nn.Module):
     """``forward(x)``: x of shape (S, B, d_in) -> logits of shape (S, B, n_classes)."""
 
-    def __init__(self, n_members: int, d_in: int, hidden: list[int], n_classes: int,
-                 dropout: float = 0.0) -> None:
+    def __init__(self, n_members: int, d_in: int, hidden: list[int], n_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.dims = [d_in, *hidden, n_classes]
         self.dropout = dropout
         self.weights = nn.ParameterList(
-            nn.Parameter(torch.empty(n_members, a, b)) for a, b in zip(self.dims[:-1], self.dims[1:]))
-        self.biases = nn.ParameterList(
-            nn.Parameter(torch.empty(n_members, 1, b)) for b in self.dims[1:])
+            nn.Parameter(torch.empty(n_members, a, b)) for a, b in zip(self.dims[:-1], self.dims[1:])
+        )
+        self.biases = nn.ParameterList(nn.Parameter(torch.empty(n_members, 1, b)) for b in self.dims[1:])
 
     @property
     def n_members(self) -> int:
@@ -46,8 +45,10 @@ class EnsembleMLP(nn.Module):
         if not self.training or self.dropout <= 0:
             return None
         keep = 1.0 - self.dropout
-        return [torch.stack([torch.empty(batch, h).bernoulli_(keep, generator=g) for g in gens]) / keep
-                for h in self.dims[1:-1]]
+        return [
+            torch.stack([torch.empty(batch, h).bernoulli_(keep, generator=g) for g in gens]) / keep
+            for h in self.dims[1:-1]
+        ]
 
     def forward(self, x: Tensor, masks: list[Tensor] | None = None) -> Tensor:
         last = len(self.weights) - 1
@@ -71,7 +72,8 @@ class EnsembleMLP(nn.Module):
     def from_members(cls, states: list[dict[str, Tensor]], dropout: float = 0.0) -> EnsembleMLP:
         n_layers = len(states[0]) // 2
         dims = [states[0]["layers.0.weight"].shape[0]] + [
-            states[0][f"layers.{i}.weight"].shape[1] for i in range(n_layers)]
+            states[0][f"layers.{i}.weight"].shape[1] for i in range(n_layers)
+        ]
         m = cls(len(states), dims[0], dims[1:-1], dims[-1], dropout)
         with torch.no_grad():
             for i in range(n_layers):

@@ -52,9 +52,16 @@ class TrainResult:
     train_s: float = 0.0
 
 
-def fit(X: np.ndarray, y: np.ndarray, n_classes: int, cfg: TrainConfig, seeds: list[int],
-        val: tuple[np.ndarray, np.ndarray] | None = None, on_epoch: EpochCallback | None = None,
-        method_hook: Callable[[Any], None] | None = None) -> TrainResult:
+def fit(
+    X: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    cfg: TrainConfig,
+    seeds: list[int],
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+    on_epoch: EpochCallback | None = None,
+    method_hook: Callable[[Any], None] | None = None,
+) -> TrainResult:
     """Train one MLP per seed on X (n, d) float32 and y (n,) int64, all seeds batched.
 
     ``val`` = (X_val, y_val) adds ``val_macro_f1`` per seed to each epoch's record;
@@ -70,9 +77,18 @@ def fit(X: np.ndarray, y: np.ndarray, n_classes: int, cfg: TrainConfig, seeds: l
     adv_gens = [torch.Generator().manual_seed(stream_seed(s, 3)) for s in seeds]
     scale = float(np.linalg.norm(X, axis=1).mean()) if n else 1.0
     a = cfg.adversarial
-    method = make_method(a.method, a.eps * scale, adv_gens, p=a.p, steps=a.steps,
-                         step_size=a.step_size * scale, eps_min=a.eps_min * scale,
-                         eps_max=a.eps_max * scale, beta=a.beta, momentum=a.momentum)
+    method = make_method(
+        a.method,
+        a.eps * scale,
+        adv_gens,
+        p=a.p,
+        steps=a.steps,
+        step_size=a.step_size * scale,
+        eps_min=a.eps_min * scale,
+        eps_max=a.eps_max * scale,
+        beta=a.beta,
+        momentum=a.momentum,
+    )
     if method_hook:
         method_hook(method)
     gamma = cfg.loss.gamma if cfg.loss.name == "focal" else 0.0
@@ -85,7 +101,7 @@ def fit(X: np.ndarray, y: np.ndarray, n_classes: int, cfg: TrainConfig, seeds: l
         perms = torch.from_numpy(np.stack([r.permutation(n) for r in shuffles]))
         loss_sum = torch.zeros(S)
         for start in range(0, n, B):
-            idx = perms[:, start:start + B]
+            idx = perms[:, start : start + B]
             xb, yb = Xt[idx], yt[idx]
             masks = model.dropout_masks(idx.shape[1], drop_gens)
 
@@ -124,7 +140,7 @@ def predict_proba(model: EnsembleMLP, X: np.ndarray, chunk: int = 8192) -> np.nd
     out = []
     Xt = torch.from_numpy(np.ascontiguousarray(X, np.float32))
     for start in range(0, len(Xt), chunk):
-        xb = Xt[start:start + chunk].unsqueeze(0).expand(S, -1, -1)
+        xb = Xt[start : start + chunk].unsqueeze(0).expand(S, -1, -1)
         out.append(torch.softmax(model(xb), dim=-1))
     model.train(was_training)
     if not out:

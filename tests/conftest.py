@@ -24,7 +24,7 @@ CLASS_WORDS = {
     "OVEREXERTION AND BODILY REACTION": "lifting strain back twisted carrying overexertion",
     "VIOLENCE AND OTHER INJURIES BY PERSONS OR ANIMALS": "dog bite assault attacked robbery shot",
 }
-FILLER = "employee worker site was the at on and when a injured hospitalized".split()
+FILLER = ["employee", "worker", "site", "was", "the", "at", "on", "and", "when", "a", "injured", "hospitalized"]
 TRAIN_COUNTS = [40, 36, 24, 12, 10, 6, 5]
 
 
@@ -48,7 +48,9 @@ def write_tiny_dataset(folder: Path, seed: int = 0, n_eval: int = 6) -> Path:
 
     for label, n in zip(CLASS_WORDS, TRAIN_COUNTS):
         for _ in range(n):
-            rows["train"].append({"id": next_id, "title": f"Worker Report {next_id}", "summary": fresh(label), "gold": label})
+            rows["train"].append(
+                {"id": next_id, "title": f"Worker Report {next_id}", "summary": fresh(label), "gold": label}
+            )
             next_id += 1
         for split in ("val", "test"):
             for _ in range(n_eval):
@@ -57,8 +59,10 @@ def write_tiny_dataset(folder: Path, seed: int = 0, n_eval: int = 6) -> Path:
     synthetic = []
     for r in rows["train"]:
         if r["gold"] in list(CLASS_WORDS)[3:]:
-            synthetic += [{"id": f"{r['id']}-aug-{k}", "title": fresh(r["gold"]), "summary": "", "gold": r["gold"]}
-                          for k in range(3)]
+            synthetic += [
+                {"id": f"{r['id']}-aug-{k}", "title": fresh(r["gold"]), "summary": "", "gold": r["gold"]}
+                for k in range(3)
+            ]
     rows["train"] += synthetic
     for split, data in rows.items():
         (folder / f"{split}.json").write_text(json.dumps(data))

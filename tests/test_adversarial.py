@@ -102,8 +102,9 @@ def _toy(n: int = 120, d: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarra
 
 
 def _cfg(**adv: object) -> TrainConfig:
-    return TrainConfig.model_validate({"model": {"hidden": [16], "dropout": 0.2},
-                                       "train": {"epochs": 3, "batch_size": 16}, "adversarial": adv})
+    return TrainConfig.model_validate(
+        {"model": {"hidden": [16], "dropout": 0.2}, "train": {"epochs": 3, "batch_size": 16}, "adversarial": adv}
+    )
 
 
 def _weights(method: str, **kw: object) -> list[torch.Tensor]:
@@ -142,4 +143,6 @@ def test_eps_is_relative_to_the_mean_training_norm() -> None:
 def test_registry_builds_each_method_with_its_parameters() -> None:
     m = make_method("pgd", 0.3, _gens(), steps=7, step_size=0.05, p=0.9)
     assert isinstance(m, PGD) and (m.eps, m.steps, m.step_size) == (0.3, 7, 0.05)
-    assert isinstance(make_method("rat", 0.3, _gens(), p=0.25), RAT) and make_method("rat", 0.3, _gens(), p=0.25).p == 0.25
+    assert (
+        isinstance(make_method("rat", 0.3, _gens(), p=0.25), RAT) and make_method("rat", 0.3, _gens(), p=0.25).p == 0.25
+    )

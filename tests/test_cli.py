@@ -61,7 +61,8 @@ def test_evaluate_on_the_test_file_reproduces_train_metrics(trained: Path, tiny_
     for key in ("macro_f1", "weighted_f1", "accuracy"):
         assert e[key] == pytest.approx(m["test"][key]["mean"], abs=1e-9)
     assert e["per_class"]["FIRES AND EXPLOSIONS"]["f1"] == pytest.approx(
-        m["test"]["per_class"]["FIRES AND EXPLOSIONS"]["f1"]["mean"])
+        m["test"]["per_class"]["FIRES AND EXPLOSIONS"]["f1"]["mean"]
+    )
     assert f"macro-F1 {100 * m['test']['macro_f1']['mean']:.2f}" in r.stdout
 
 
@@ -72,12 +73,16 @@ def test_evaluate_accepts_jsonl_and_rejects_unknown_labels(trained: Path, tiny_d
     rows[3]["gold"] = "ELECTRICAL"
     (tmp_path / "bad.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     r = cli("evaluate", trained, tmp_path / "bad.jsonl")
-    assert r.code == 2 and "bad.jsonl: row 3: label column 'gold': 'ELECTRICAL' is not a class" in " ".join(r.stderr.split())
+    assert r.code == 2 and "bad.jsonl: row 3: label column 'gold': 'ELECTRICAL' is not a class" in " ".join(
+        r.stderr.split()
+    )
 
 
 def test_predict_prints_label_and_probabilities(trained: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
-    rows = [{"id": "a", "summary": "the worker fell from the ladder on the roof scaffold"},
-            {"id": "b", "summary": "a truck and a forklift collision on the highway, the driver"}]
+    rows = [
+        {"id": "a", "summary": "the worker fell from the ladder on the roof scaffold"},
+        {"id": "b", "summary": "a truck and a forklift collision on the highway, the driver"},
+    ]
     (tmp_path / "in.json").write_text(json.dumps(rows))
     r = cli("predict", trained, tmp_path / "in.json", "--jsonl")
     assert r.code == 0, r.stderr
@@ -132,7 +137,12 @@ def test_the_installed_command_exits_2_without_a_traceback(tmp_path: Path) -> No
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("adversarial: {p: 1.5}\n")
     exe = Path(sys.executable).parent / "abexrat"
-    proc = subprocess.run([str(exe), "train", str(cfg), "--out", str(tmp_path / "o")], capture_output=True, text=True,
-                          cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [str(exe), "train", str(cfg), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "adversarial.p" in proc.stderr and "Traceback" not in proc.stderr

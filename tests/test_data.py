@@ -63,7 +63,9 @@ def test_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 def test_user_table_gets_stratified_splits(tmp_path: Path, suffix: str) -> None:
     rng = np.random.default_rng(0)
     labels = ["a"] * 60 + ["b"] * 30 + ["c"] * 10
-    rows = [{"report": f"text {i} {' '.join(rng.choice(list('xyzw'), 5))}", "event": lab} for i, lab in enumerate(labels)]
+    rows = [
+        {"report": f"text {i} {' '.join(rng.choice(list('xyzw'), 5))}", "event": lab} for i, lab in enumerate(labels)
+    ]
     path = tmp_path / f"data{suffix}"
     if suffix == ".csv":
         path.write_text("report,event\n" + "\n".join(f"{r['report']},{r['event']}" for r in rows))
@@ -126,25 +128,60 @@ def _edit(path: Path, fn) -> None:  # noqa: ANN001
 
 BAD_INPUTS = {
     "missing file": (lambda d: (d / "val.json").unlink(), "has a train file but no val and test files"),
-    "malformed json": (lambda d: (d / "test.json").write_text('[{"idx": 1, "gold": '), "test.json: not valid JSON (line 1"),
-    "missing label column": (lambda d: _edit(d / "val.json", lambda r: r[3].pop("gold")), "val.json: row 3: missing column 'gold'"),
-    "missing text columns": (lambda d: _edit(d / "train.json", lambda r: [r[5].pop("title"), r[5].pop("summary")]),
-                             "train.json: row 5: missing column 'title' and 'summary'"),
-    "empty text": (lambda d: _edit(d / "test.json", lambda r: r[2].update(title="  ", summary="")), "test.json: row 2: empty or null text"),
-    "null text": (lambda d: _edit(d / "test.json", lambda r: r[4].update(title=None, summary=None)), "test.json: row 4: empty or null text"),
-    "unseen label": (lambda d: _edit(d / "val.json", lambda r: r[7].update(gold="ELECTRICAL")),
-                     "val.json: row 7: label 'ELECTRICAL' never appears in training"),
-    "duplicate id": (lambda d: _edit(d / "train.json", lambda r: r[9].update(id=r[8]["id"])), "train.json: row 9: duplicate id"),
+    "malformed json": (
+        lambda d: (d / "test.json").write_text('[{"idx": 1, "gold": '),
+        "test.json: not valid JSON (line 1",
+    ),
+    "missing label column": (
+        lambda d: _edit(d / "val.json", lambda r: r[3].pop("gold")),
+        "val.json: row 3: missing column 'gold'",
+    ),
+    "missing text columns": (
+        lambda d: _edit(d / "train.json", lambda r: [r[5].pop("title"), r[5].pop("summary")]),
+        "train.json: row 5: missing column 'title' and 'summary'",
+    ),
+    "empty text": (
+        lambda d: _edit(d / "test.json", lambda r: r[2].update(title="  ", summary="")),
+        "test.json: row 2: empty or null text",
+    ),
+    "null text": (
+        lambda d: _edit(d / "test.json", lambda r: r[4].update(title=None, summary=None)),
+        "test.json: row 4: empty or null text",
+    ),
+    "unseen label": (
+        lambda d: _edit(d / "val.json", lambda r: r[7].update(gold="ELECTRICAL")),
+        "val.json: row 7: label 'ELECTRICAL' never appears in training",
+    ),
+    "duplicate id": (
+        lambda d: _edit(d / "train.json", lambda r: r[9].update(id=r[8]["id"])),
+        "train.json: row 9: duplicate id",
+    ),
     "same report in train and test": (
-        lambda d: _edit(d / "test.json", lambda r: r[1].update(
-            title=json.loads((d / "train.json").read_text())[0]["title"],
-            summary=json.loads((d / "train.json").read_text())[0]["summary"])),
-        "test.json: row 1: the same report as"),
-    "wrong type": (lambda d: _edit(d / "train.json", lambda r: r[0].update(summary=42)), "train.json: row 0: column 'summary' must be text"),
+        lambda d: _edit(
+            d / "test.json",
+            lambda r: r[1].update(
+                title=json.loads((d / "train.json").read_text())[0]["title"],
+                summary=json.loads((d / "train.json").read_text())[0]["summary"],
+            ),
+        ),
+        "test.json: row 1: the same report as",
+    ),
+    "wrong type": (
+        lambda d: _edit(d / "train.json", lambda r: r[0].update(summary=42)),
+        "train.json: row 0: column 'summary' must be text",
+    ),
     "not a list": (lambda d: (d / "val.json").write_text('{"rows": []}'), "val.json: expected a JSON list of rows"),
-    "orphan synthetic row": (lambda d: _edit(d / "train.json", lambda r: r.append(
-        {"id": "99999-aug-0", "title": "x y z", "summary": "", "gold": r[0]["gold"]})), "names source '99999'"),
-    "non-utf8": (lambda d: (d / "val.json").write_bytes(b'[{"idx": 1, "summary": "\xff\xfe", "gold": "x"}]'), "val.json: not UTF-8"),
+    "orphan synthetic row": (
+        lambda d: _edit(
+            d / "train.json",
+            lambda r: r.append({"id": "99999-aug-0", "title": "x y z", "summary": "", "gold": r[0]["gold"]}),
+        ),
+        "names source '99999'",
+    ),
+    "non-utf8": (
+        lambda d: (d / "val.json").write_bytes(b'[{"idx": 1, "summary": "\xff\xfe", "gold": "x"}]'),
+        "val.json: not UTF-8",
+    ),
 }
 
 

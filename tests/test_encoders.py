@@ -39,7 +39,9 @@ def test_tfidf_svd_fits_on_given_texts_and_round_trips(tmp_path: Path) -> None:
     save_encoder(enc, tmp_path)
     back = load_encoder(tmp_path)
     assert back.key == enc.key
-    assert np.allclose(back.encode(["a worker fell from a ladder"]), enc.encode(["a worker fell from a ladder"]), atol=1e-6)
+    assert np.allclose(
+        back.encode(["a worker fell from a ladder"]), enc.encode(["a worker fell from a ladder"]), atol=1e-6
+    )
     other = make_encoder("tfidf-svd", dim=4, min_df=1)
     other.fit(TEXTS[:5])
     assert other.key != enc.key  # the fit corpus is part of the address

@@ -9,7 +9,16 @@ from tests.conftest import REPO
 
 
 def test_baseline_trains_on_osha_and_a_rerun_encodes_nothing(osha_dir: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
-    args = ["train", REPO / "studies" / "baseline.yaml", "--seeds", "2", "--set", "train.epochs=4", "--data-dir", osha_dir]
+    args = [
+        "train",
+        REPO / "studies" / "baseline.yaml",
+        "--seeds",
+        "2",
+        "--set",
+        "train.epochs=4",
+        "--data-dir",
+        osha_dir,
+    ]
     first = cli(*args, "--out", tmp_path / "a")
     assert first.code == 0, first.stderr
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())

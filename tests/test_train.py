@@ -18,8 +18,13 @@ def _data(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-CFG = TrainConfig.model_validate({"model": {"hidden": [32], "dropout": 0.2}, "train": {"epochs": 8, "batch_size": 32},
-                                  "adversarial": {"method": "rat", "eps": 0.3, "p": 0.5}})
+CFG = TrainConfig.model_validate(
+    {
+        "model": {"hidden": [32], "dropout": 0.2},
+        "train": {"epochs": 8, "batch_size": 32},
+        "adversarial": {"method": "rat", "eps": 0.3, "p": 0.5},
+    }
+)
 
 
 def test_focal_loss_matches_its_formula() -> None:
@@ -36,7 +41,9 @@ def test_member_init_matches_nn_linear_bounds() -> None:
     m = EnsembleMLP(3, 100, [50], 7)
     m.reset([0, 1, 2])
     w0 = m.weights[0]
-    assert float(w0.detach().abs().max()) <= 0.1 and float(w0.detach().abs().max()) > 0.09  # U(-1/sqrt(100), 1/sqrt(100))
+    assert (
+        float(w0.detach().abs().max()) <= 0.1 and float(w0.detach().abs().max()) > 0.09
+    )  # U(-1/sqrt(100), 1/sqrt(100))
     assert not torch.equal(w0[0], w0[1])
 
 

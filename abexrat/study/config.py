@@ -1,0 +1,214 @@
+"""Study files (``studies/*.yaml``): what to search or ablate, with what budget, tracked where.
+
+A study holds a ``trainer`` (a train config, or ``base:`` naming one) plus either a search
+``space`` (kind ``search``) or ablation ``factors`` (kind ``ablation``). Every problem is a
+:class:`UserError` naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from abexrat.config import Strict, TrainConfig, apply_overrides, load_yaml, validate
+from abexrat.errors import UserError
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+PRIMITIVE = (str, int, float, bool, type(None))
+
+
+class Param(Strict):
+    """One searched hyperparameter, named by its dotted train-config key."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Param:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs non-empty 'choices'")
+        else:
+            if self.low is None or self.high is None or not self.low < self.high:
+                raise ValueError("needs low < high")
+            if self.log and self.low <= 0:
+                raise ValueError("a log-scaled parameter needs low > 0")
+        return self
+
+
+class Objective(Strict):
+    metric: Literal["val_macro_f1", "val_weighted_f1", "val_accuracy"] = "val_macro_f1"
+    mode: Literal["max", "min"] = "max"
+
+
+class Budget(Strict):
+    num_samples: int = Field(20, ge=1, le=100_000)
+    time_budget_s: float | None = Field(None, gt=0)
+    max_concurrent: int | None = Field(None, ge=1, le=10_000)
+
+
+class EarlyStopping(Strict):
+    """ASHA over epochs: trials below the rung's top 1/reduction_factor stop early."""
+
+    enabled: bool = False
+    grace_period: int = Field(5, ge=1)
+    reduction_factor: float = Field(3.0, gt=1.0)
+
+
+class Resources(Strict):
+    cpu: float = Field(1.0, gt=0, le=256)
+    gpu: float = Field(0.0, ge=0, le=8)
+
+
+class Tracking(Strict):
+    wandb: bool = True
+    project: str = "abexrat"
+    entity: str | None = None
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+
+
+class Final(Strict):
+    seeds: int = Field(5, ge=1, le=100)
+
+
+class Ablation(Strict):
+    """Factors, each with named levels of overrides; the grid is their product."""
+
+    factors: dict[str, dict[str, dict[str, Any]]]
+    full: dict[str, str] = Field(
+        default_factory=dict, description="the full method's level per factor (default: the first)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Ablation:
+        if not self.factors:
+            raise ValueError("needs at least one factor")
+        for f, levels in self.factors.items():
+            if len(levels) < 1:
+                raise ValueError(f"factor {f!r} has no levels")
+        for f, level in self.full.items():
+            if f not in self.factors or level not in self.factors[f]:
+                raise ValueError(f"full: {f}={level} is not a factor level")
+        return self
+
+
+class Study(Strict):
+    name: str
+    kind: Literal["search", "ablation"] = "search"
+    seed: int = Field(0, ge=0)
+    base: str | None = Field(None, description="a train config file the trainer section overrides")
+    trainer: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, Param] = Field(default_factory=dict)
+    ablation: Ablation | None = None
+    objective: Objective = Field(default_factory=Objective)
+    budget: Budget = Field(default_factory=Budget)
+    seeds_per_trial: int = Field(2, ge=1, le=100)
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    resources: Resources = Field(default_factory=Resources)
+    final: Final = Field(default_factory=Final)
+    baselines: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    tracking: Tracking = Field(default_factory=Tracking)
+    max_failures: int = Field(3, ge=0, le=100)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME.match(v):
+            raise ValueError("use 1-64 letters, digits, '_', '.', '-' (it names folders and W&B groups)")
+        return v
+
+    @model_validator(mode="after")
+    def _kind(self) -> Study:
+        if self.kind == "search" and not self.space:
+            raise ValueError("a search study needs a 'space'")
+        if self.kind == "ablation" and self.ablation is None:
+            raise ValueError("an ablation study needs 'ablation: {factors: ...}'")
+        for name in self.baselines:
+            if not NAME.match(name) or name == "best":
+                raise ValueError(f"baseline name {name!r}: use letters, digits, '_', '.', '-' (not 'best')")
+        return self
+
+    # ------------------------------------------------------------ derived configs
+
+    def train_config(self, overrides: dict[str, Any] | None = None, where: str = "trainer") -> TrainConfig:
+        """The trainer section with dotted ``overrides`` applied, validated."""
+        raw = _deep_copy(self.trainer)
+        sets = [f"{k}={_yaml_value(v)}" for k, v in (overrides or {}).items()]
+        return validate(TrainConfig, apply_overrides(raw, sets), where)
+
+    def arms(self) -> dict[str, dict[str, Any]]:
+        """Ablation arms: name -> dotted overrides, the full method first."""
+        assert self.ablation is not None
+        import itertools
+
+        factors = self.ablation.factors
+        full = {f: self.ablation.full.get(f, next(iter(levels))) for f, levels in factors.items()}
+        combos = list(itertools.product(*[[(f, lv) for lv in levels] for f, levels in factors.items()]))
+        combos.sort(key=lambda c: sum(lv != full[f] for f, lv in c))
+        out = {}
+        for combo in combos:
+            name = (
+                "full"
+                if all(lv == full[f] for f, lv in combo)
+                else "+".join(f"{f}={lv}" for f, lv in combo if lv != full[f])
+            )
+            merged: dict[str, Any] = {}
+            for f, lv in combo:
+                merged.update(factors[f][lv])
+            out[name] = merged
+        return out
+
+
+def _deep_copy(d: dict[str, Any]) -> dict[str, Any]:
+    import copy
+
+    return copy.deepcopy(d)
+
+
+def _yaml_value(v: Any) -> str:
+    import json
+
+    return json.dumps(v)  # JSON is YAML: lists, numbers, strings and null parse back as they were
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and validate a study file; ``base:`` paths are relative to the study file."""
+    path = Path(path)
+    raw = load_yaml(path)
+    study = validate(Study, raw, str(path))
+    if study.base:
+        base_path = (path.parent / study.base) if not Path(study.base).is_absolute() else Path(study.base)
+        base = load_yaml(base_path)
+        merged = _merge(base, study.trainer)
+        study = study.model_copy(update={"trainer": merged})
+    # The trainer, every searched key, every arm and every baseline must make a valid config.
+    study.train_config(where=f"{path}: trainer")
+    for key, p in study.space.items():
+        sample = p.choices[0] if p.type == "categorical" else (int(p.low) if p.type == "int" else p.low)  # type: ignore[index,arg-type]
+        study.train_config({key: sample}, where=f"{path}: space.{key}")
+    if study.kind == "ablation":
+        for arm, over in study.arms().items():
+            study.train_config(over, where=f"{path}: ablation arm {arm}")
+    for name, over in study.baselines.items():
+        study.train_config(over, where=f"{path}: baselines.{name}")
+    return study
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name):
+        raise UserError(f"--name {name!r}: use 1-64 letters, digits, '_', '.', '-'")
+    return name

@@ -1,0 +1,480 @@
+"""``abexrat study run``: a search (Optuna TPE on Ray Tune) or an ablation grid, then a final round.
+
+Stages, each a Ray Tune experiment under the study folder::
+
+    DIR/search/   the search or the ablation grid (resumable)
+    DIR/final/    the best configuration and the baselines, K seeds each, scored on val and test
+    DIR/trials.parquet, DIR/trials.csv, DIR/summary.json   written last, atomically
+
+Selection uses validation only; the test split is scored once, in the final round.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from abexrat.errors import UserError
+from abexrat.io import atomic_path, write_json
+from abexrat.study.config import Study
+from abexrat.study.tracking import WandbTrials, log_summary, wandb_mode
+
+SEARCH, FINAL = "search", "final"
+
+
+# ---------------------------------------------------------------- Ray
+
+
+def connect(address: str | None) -> bool:
+    """Join ``address`` (or ``$RAY_ADDRESS``), else start an embedded local Ray. True if we started it."""
+    import ray
+
+    # Tune's own tables would drown the progress line: verbose=0 is silent only with the legacy output.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": True, "logging_level": "ERROR"}
+    if address:
+        try:
+            ray.init(address=address, **quiet)
+        except Exception as e:
+            raise UserError(
+                f"--address {address}: cannot connect to the Ray cluster ({str(e).splitlines()[0]})"
+            ) from None
+    else:
+        ray.init(**quiet)
+    return True
+
+
+def cluster_resources() -> tuple[float, float]:
+    import ray
+
+    r = ray.cluster_resources()
+    return float(r.get("CPU", 1)), float(r.get("GPU", 0))
+
+
+# ---------------------------------------------------------------- progress
+
+
+class ConsoleProgress:
+    """Tune callback: a live line with trials done / running and the best validation score so far."""
+
+    def __init__(self, total: int, label: str, metric: str, keys: list[str]) -> None:
+        self.total, self.label, self.metric, self.keys = total, label, metric, keys
+        self.done = 0
+        self.best: float | None = None
+        self.best_params: dict[str, Any] = {}
+        self._bar: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_bar"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._bar = None
+
+    def _ensure(self) -> Any:
+        if self._bar is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self.label, total=self.total, info="")
+        return self._bar
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.done += 1
+        value = (trial.last_result or {}).get(self.metric)
+        if value is not None and (self.best is None or value > self.best):
+            self.best = float(value)
+            self.best_params = {k: v for k, v in trial.config.items()}
+        self._refresh(trials)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._refresh(trials)
+
+    def _refresh(self, trials: list) -> None:
+        bar = self._ensure()
+        running = sum(1 for t in trials if t.status == "RUNNING")
+        best = (
+            ""
+            if self.best is None
+            else f"best val macro-F1 {100 * self.best:.2f} "
+            + " ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in self.best_params.items())
+        )
+        bar.update(self._task, completed=self.done, info=f"running {running}  {best}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _callbacks(total: int, label: str, study: Study, job: str, out: Path, mode: str) -> list[Any]:
+    from ray.tune import Callback
+
+    class _Progress(ConsoleProgress, Callback):
+        pass
+
+    cbs: list[Any] = [_Progress(total, label, study.objective.metric, list(study.space))]
+    if mode != "disabled":
+        cbs.append(WandbTrials(study.name, study.tracking, job, out, mode))
+    return cbs
+
+
+# ---------------------------------------------------------------- stages
+
+
+def _trainable(study: Study, feats: Any, arms: dict[str, dict[str, Any]], seeds: list[int], with_test: bool) -> Any:
+    from ray import tune
+
+    from abexrat.study.trial import run_trial
+
+    threads = max(1, int(study.resources.cpu))
+    fn = tune.with_parameters(
+        run_trial,
+        feats=feats,
+        study=study.model_dump(mode="json"),
+        arms=arms,
+        seeds=seeds,
+        with_test=with_test,
+        threads=threads,
+    )
+    res = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
+    return tune.with_resources(fn, res)
+
+
+def _max_concurrent(study: Study) -> int:
+    cpus, gpus = cluster_resources()
+    n = math.floor(cpus / study.resources.cpu)
+    if study.resources.gpu:
+        n = min(n, math.floor(gpus / study.resources.gpu))
+    return max(1, min(n, study.budget.max_concurrent or n))
+
+
+def _run_config(study: Study, stage: str, out: Path, callbacks: list[Any]) -> Any:
+    from ray import tune
+
+    return tune.RunConfig(
+        name=stage,
+        storage_path=str(out.resolve()),
+        callbacks=callbacks,
+        verbose=0,
+        failure_config=tune.FailureConfig(max_failures=study.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+    )
+
+
+def run_search(study: Study, feats: Any, out: Path, resume: bool, mode: str) -> tuple[Any, list[Any]]:
+    """The search (TPE) or the ablation grid; resumable from ``out/search``."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from ray.tune.search.optuna import OptunaSearch
+
+    from abexrat.study.space import SearchSpace
+
+    seeds = list(range(study.seed, study.seed + study.seeds_per_trial))
+    metric, mode_ = study.objective.metric, study.objective.mode
+    if study.kind == "ablation":
+        arms = study.arms()
+        param_space: dict[str, Any] = {"arm": tune.grid_search(list(arms))}
+        search_alg, num_samples, job = None, 1, "ablation"
+        total = len(arms)
+        seeds = list(range(study.seed, study.seed + study.final.seeds))
+    else:
+        arms, param_space, job = {}, {}, "search"
+        sampler = optuna.samplers.TPESampler(
+            seed=study.seed, multivariate=True, n_startup_trials=max(3, min(10, study.budget.num_samples // 3))
+        )
+        search_alg = OptunaSearch(
+            space=SearchSpace({k: p.model_dump() for k, p in study.space.items()}),
+            metric=metric,
+            mode=mode_,
+            sampler=sampler,
+        )
+        num_samples = total = study.budget.num_samples
+    scheduler = None
+    if study.early_stopping.enabled and study.kind == "search":
+        epochs = study.train_config().train.epochs
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=epochs,
+            grace_period=min(study.early_stopping.grace_period, epochs),
+            reduction_factor=study.early_stopping.reduction_factor,
+        )
+    callbacks = _callbacks(total, job, study, job, out, mode)
+    trainable = _trainable(study, feats, arms, seeds, with_test=study.kind == "ablation")
+    path = out / SEARCH
+    if resume and tune.Tuner.can_restore(str(path.resolve())):
+        tuner = tune.Tuner.restore(
+            str(path.resolve()),
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            param_space=param_space or None,
+        )
+        # Restored callbacks are the pickled ones: give them back their live parts.
+        callbacks = list(tuner._local_tuner._run_config.callbacks or [])  # noqa: SLF001
+    else:
+        if path.exists() and not resume and any(path.iterdir()):
+            raise UserError(f"{path}: a study already ran here; pass --resume to continue it or choose another --out")
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=metric,
+                mode=mode_,
+                search_alg=search_alg,
+                scheduler=scheduler,
+                num_samples=num_samples,
+                time_budget_s=study.budget.time_budget_s,
+                max_concurrent_trials=_max_concurrent(study),
+                reuse_actors=True,
+            ),
+            run_config=_run_config(study, SEARCH, out, callbacks),
+        )
+    results = tuner.fit()
+    return results, callbacks
+
+
+def run_final(
+    study: Study, feats: Any, out: Path, best: dict[str, Any], mode: str, resume: bool
+) -> tuple[Any, list[Any]]:
+    """The best configuration and each baseline, ``final.seeds`` seeds, scored on val and test."""
+    from ray import tune
+
+    arms = {"best": best, **study.baselines}
+    seeds = list(range(study.seed, study.seed + study.final.seeds))
+    callbacks = _callbacks(len(arms), "final", study, FINAL, out, mode)
+    trainable = _trainable(study, feats, arms, seeds, with_test=True)
+    path = out / FINAL
+    if resume and tune.Tuner.can_restore(str(path.resolve())):
+        tuner = tune.Tuner.restore(
+            str(path.resolve()), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+        callbacks = list(tuner._local_tuner._run_config.callbacks or [])  # noqa: SLF001
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"arm": tune.grid_search(list(arms))},
+            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=_max_concurrent(study), reuse_actors=True),
+            run_config=_run_config(study, FINAL, out, callbacks),
+        )
+    return tuner.fit(), callbacks
+
+
+# ---------------------------------------------------------------- results
+
+
+def _scores(r: dict[str, Any], split: str) -> dict[str, Any]:
+    out = {}
+    for k in ("macro_f1", "weighted_f1", "accuracy"):
+        if f"{split}_{k}" in r:
+            out[k] = {"mean": r[f"{split}_{k}"], "std": r[f"{split}_{k}_std"], "per_seed": r[f"{split}_{k}_per_seed"]}
+    if f"{split}_per_class_f1" in r:
+        out["per_class_f1"] = r[f"{split}_per_class_f1"]
+        out["confusion"] = r[f"{split}_confusion"]
+    return out
+
+
+def _trial_table(results: Any, stage: str) -> Any:
+    import pandas as pd
+
+    df = results.get_dataframe()
+    if df.empty:
+        return df
+    keep = [
+        c
+        for c in df.columns
+        if c.startswith("config/")
+        or c
+        in (
+            "trial_id",
+            "val_macro_f1",
+            "val_weighted_f1",
+            "val_accuracy",
+            "val_macro_f1_std",
+            "test_macro_f1",
+            "test_weighted_f1",
+            "test_accuracy",
+            "train_s",
+            "trial_s",
+            "epoch",
+            "training_iteration",
+            "time_total_s",
+        )
+    ]
+    df = df[keep].rename(columns=lambda c: c.replace("config/", "param:"))
+    df.insert(0, "stage", stage)
+    errors = {r.metrics.get("trial_id") for r in results if r.error}
+    df["status"] = ["ERROR" if t in errors else "TERMINATED" for t in df["trial_id"]]
+    return pd.DataFrame(df)
+
+
+def _write_table(df: Any, out: Path) -> None:
+    for suffix in ("parquet", "csv"):
+        with atomic_path(out / f"trials.{suffix}") as tmp:
+            if suffix == "parquet":
+                df.astype({c: str for c in df.columns if df[c].dtype == object}).to_parquet(tmp, index=False)
+            else:
+                df.to_csv(tmp, index=False)
+
+
+def run_study(
+    study: Study, out: Path, address: str | None = None, resume: bool = False, data_dir: str | None = None
+) -> dict[str, Any]:
+    """Run a study end to end; returns what ``summary.json`` holds."""
+    import pandas as pd
+    import ray
+
+    from abexrat.embed import EmbeddingCache
+    from abexrat.experiment import build_encoder, featurize, load_dataset
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if data_dir:
+        study = study.model_copy(
+            update={"trainer": {**study.trainer, "data": {**study.trainer.get("data", {}), "data_dir": str(data_dir)}}}
+        )
+    base = study.train_config()
+    write_json(out / "study.json", study.model_dump(mode="json"))
+    mode = wandb_mode(study.tracking)
+    started = connect(address)
+    try:
+        ds = load_dataset(base)
+        t_enc = time.perf_counter()
+        feats = featurize(ds, build_encoder(base), EmbeddingCache())
+        encode_s = time.perf_counter() - t_enc
+        feats_ref = ray.put(feats)  # one copy in the object store, shared by every trial
+        results, cbs = run_search(study, feats_ref, out, resume, mode)
+        _close(cbs)
+        search_df = _trial_table(results, "ablation" if study.kind == "ablation" else "search")
+        finished = [r for r in results if not r.error and r.metrics and study.objective.metric in r.metrics]
+        if not finished:
+            raise UserError(f"{out / SEARCH}: no trial finished; see the trial errors there")
+        wanted = study.budget.num_samples if study.kind == "search" else len(study.arms())
+        if len(results) < wanted and study.budget.time_budget_s is None:
+            raise KeyboardInterrupt  # Tune stopped early on SIGINT: the state is saved for --resume
+        best_r = results.get_best_result(metric=study.objective.metric, mode=study.objective.mode, scope="last")
+        best_over = {k: v for k, v in best_r.config.items()}
+        from abexrat.study.space import decode_params
+        from abexrat.study.trial import trial_overrides
+
+        arms = study.arms() if study.kind == "ablation" else {}
+        best_overrides = trial_overrides(decode_params(best_over), arms)
+        final_results, fcbs = run_final(study, feats_ref, out, best_overrides, mode, resume)
+        tracking_wait = _close(cbs + fcbs)
+        final_df = _trial_table(final_results, "final")
+        by_arm = {r.config["arm"]: r.metrics for r in final_results if r.metrics and "test_macro_f1" in r.metrics}
+        if "best" not in by_arm:
+            raise UserError(f"{out / FINAL}: the final retraining of the best configuration failed")
+        table = pd.concat([search_df, final_df], ignore_index=True)
+        _write_table(table, out)
+        best_cfg = study.train_config(best_overrides)
+        wall = time.perf_counter() - t0
+        summary = {
+            "study": study.name,
+            "kind": study.kind,
+            "best_config": {
+                "eps": best_cfg.adversarial.eps,
+                "p": best_cfg.adversarial.p,
+                "aug_ratio": best_cfg.data.aug_ratio,
+                "method": best_cfg.adversarial.method,
+                "overrides": best_overrides,
+                "train_config": best_cfg.model_dump(mode="json"),
+            },
+            "best_val_macro_f1": float(best_r.metrics[study.objective.metric]),
+            "seeds": list(range(study.seed, study.seed + study.final.seeds)),
+            "val": _scores(by_arm["best"], "val"),
+            "test": _scores(by_arm["best"], "test"),
+            "test_pred": by_arm["best"].get("test_pred"),
+            "baselines": {
+                name: {
+                    "overrides": study.baselines[name],
+                    "val": _scores(m, "val"),
+                    "test": _scores(m, "test"),
+                    "test_pred": m.get("test_pred"),
+                }
+                for name, m in by_arm.items()
+                if name != "best"
+            },
+            "trials": int((table["stage"] != "final").sum()),
+            "trials_failed": int(((table["stage"] != "final") & (table["status"] == "ERROR")).sum()),
+            "wall_s": wall,
+            "encode_s": encode_s,
+            "classes": feats.classes,
+            "test_labels": feats.y_test.tolist(),
+            "tracking": {
+                "mode": mode,
+                "runs": sum(len(c.runs) for c in cbs + fcbs if isinstance(c, WandbTrials)),
+                "busy_s": sum(c.busy_s for c in cbs + fcbs if isinstance(c, WandbTrials)),
+                "driver_wait_s": tracking_wait,
+                "dir": str((out / "wandb").resolve()),
+            },
+            "resources": {
+                "cpu_per_trial": study.resources.cpu,
+                "gpu_per_trial": study.resources.gpu,
+                "cluster_cpus": cluster_resources()[0],
+                "cluster_gpus": cluster_resources()[1],
+            },
+        }
+        if study.kind == "ablation":
+            summary["arms"] = {
+                r.config["arm"]: {
+                    "overrides": arms[r.config["arm"]],
+                    "val": _scores(r.metrics, "val"),
+                    "test": _scores(r.metrics, "test"),
+                    "test_pred": r.metrics.get("test_pred"),
+                }
+                for r in results
+                if r.metrics and "test_macro_f1" in r.metrics
+            }
+        summary["tracking"]["summary_run"] = log_summary(
+            study.name, study.tracking, out, mode, summary, table.astype(str)
+        )
+        write_json(out / "summary.json", summary)
+        return summary
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _close(callbacks: list[Any]) -> float:
+    wait = 0.0
+    for c in callbacks:
+        if isinstance(c, WandbTrials):
+            wait += c.close()
+        elif isinstance(c, ConsoleProgress):
+            c.close()
+    return wait
+
+
+def load_summary(out: Path) -> dict[str, Any]:
+    path = out / "summary.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; run the study first") from None
+    except json.JSONDecodeError:
+        raise UserError(f"{path}: not valid JSON") from None
