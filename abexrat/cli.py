@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from abexrat.errors import UserError
+from abexrat.errors import Interrupted, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -335,7 +335,7 @@ def study_run(
         )
     out.print(f"wrote {folder}/summary.json and trials.parquet")
     if s["tracking"]["mode"] == "offline":
-        out.print(f"W&B runs are offline; upload them with: wandb sync {s["tracking"]["dir"]}/offline-run-*")
+        out.print(f"W&B runs are offline; upload them with: wandb sync {s['tracking']['dir']}/offline-run-*")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -344,6 +344,9 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         err.print(f"[red]error[/]: {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except Interrupted as e:
+        err.print(f"[yellow]{e}[/]", highlight=False, soft_wrap=True)
+        sys.exit(130)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)

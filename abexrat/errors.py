@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """Bad input (a file, a key, a row): the CLI prints the message, no traceback, exit 2."""
+
+
+class Interrupted(Exception):
+    """A run stopped on SIGINT with its state saved: the CLI prints how to resume, exit 130."""

@@ -86,6 +86,18 @@ class Ablation(Strict):
         default_factory=dict, description="the full method's level per factor (default: the first)"
     )
 
+    @field_validator("factors", "full", mode="before")
+    @classmethod
+    def _on_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads the level names on/off (yes/no) as booleans: give them their names back.
+        def name(k: Any) -> Any:
+            return {True: "on", False: "off"}.get(k, k) if isinstance(k, bool) else k
+
+        if not isinstance(v, dict):
+            return v
+        return {k: ({name(lk): lv for lk, lv in lvl.items()} if isinstance(lvl, dict) else name(lvl))
+                for k, lvl in v.items()}
+
     @model_validator(mode="after")
     def _check(self) -> Ablation:
         if not self.factors:
@@ -191,8 +203,12 @@ def load_study(path: str | Path) -> Study:
     # The trainer, every searched key, every arm and every baseline must make a valid config.
     study.train_config(where=f"{path}: trainer")
     for key, p in study.space.items():
-        sample = p.choices[0] if p.type == "categorical" else (int(p.low) if p.type == "int" else p.low)  # type: ignore[index,arg-type]
-        study.train_config({key: sample}, where=f"{path}: space.{key}")
+        if p.type == "categorical":
+            samples = list(p.choices or [])
+        else:
+            samples = [int(p.low), int(p.high)] if p.type == "int" else [p.low, p.high]  # type: ignore[arg-type]
+        for sample in samples:  # every choice and both ends of a range must be a valid config
+            study.train_config({key: sample}, where=f"{path}: space.{key}")
     if study.kind == "ablation":
         for arm, over in study.arms().items():
             study.train_config(over, where=f"{path}: ablation arm {arm}")

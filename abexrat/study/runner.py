@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from abexrat.errors import UserError
+from abexrat.errors import Interrupted, UserError
 from abexrat.io import atomic_path, write_json
 from abexrat.study.config import Study
 from abexrat.study.tracking import WandbTrials, log_summary, wandb_mode
@@ -35,6 +35,9 @@ def connect(address: str | None) -> bool:
 
     # Tune's own tables would drown the progress line: verbose=0 is silent only with the legacy output.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import logging
+
+    logging.getLogger("tensorboardX").setLevel(logging.WARNING)  # it complains about per-class key names
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
@@ -370,12 +373,12 @@ def run_study(
         results, cbs = run_search(study, feats_ref, out, resume, mode)
         _close(cbs)
         search_df = _trial_table(results, "ablation" if study.kind == "ablation" else "search")
+        wanted = study.budget.num_samples if study.kind == "search" else len(study.arms())
+        _check_interrupted(results, wanted if study.budget.time_budget_s is None else 0, out,
+                           study.early_stopping.enabled)
         finished = [r for r in results if not r.error and r.metrics and study.objective.metric in r.metrics]
         if not finished:
             raise UserError(f"{out / SEARCH}: no trial finished; see the trial errors there")
-        wanted = study.budget.num_samples if study.kind == "search" else len(study.arms())
-        if len(results) < wanted and study.budget.time_budget_s is None:
-            raise KeyboardInterrupt  # Tune stopped early on SIGINT: the state is saved for --resume
         best_r = results.get_best_result(metric=study.objective.metric, mode=study.objective.mode, scope="last")
         best_over = {k: v for k, v in best_r.config.items()}
         from abexrat.study.space import decode_params
@@ -384,6 +387,7 @@ def run_study(
         arms = study.arms() if study.kind == "ablation" else {}
         best_overrides = trial_overrides(decode_params(best_over), arms)
         final_results, fcbs = run_final(study, feats_ref, out, best_overrides, mode, resume)
+        _check_interrupted(final_results, 1 + len(study.baselines), out)
         tracking_wait = _close(cbs + fcbs)
         final_df = _trial_table(final_results, "final")
         by_arm = {r.config["arm"]: r.metrics for r in final_results if r.metrics and "test_macro_f1" in r.metrics}
@@ -458,6 +462,21 @@ def run_study(
     finally:
         if started:
             ray.shutdown()
+
+
+def _check_interrupted(results: Any, wanted: int, out: Path, early_stopping: bool = False) -> None:
+    """Tune returns normally on SIGINT, leaving unfinished trials PENDING/RUNNING in its saved state.
+
+    A trial counts as finished when it reached its final report (``val_accuracy``), unless
+    ASHA may have stopped it early on purpose.
+    """
+    trials = results._experiment_analysis.trials  # noqa: SLF001
+    unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR") or (
+        t.status == "TERMINATED" and not early_stopping and "val_accuracy" not in (t.last_result or {}))]
+    if len(trials) < wanted or unfinished:
+        done = sum(t.status == "TERMINATED" for t in trials)
+        raise Interrupted(f"interrupted after {done} finished trial(s); the state is saved in {out}. "
+                          f"Continue with: abexrat study run STUDY.yaml --out {out} --resume")
 
 
 def _close(callbacks: list[Any]) -> float:

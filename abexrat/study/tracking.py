@@ -123,7 +123,7 @@ class WandbTrials(Callback):
                 )
                 for rec in history:
                     run.log(rec, step=int(rec.get("epoch", 0)))
-                run.summary.update({k: v for k, v in final.items() if k not in _SKIP})
+                run.summary.update({k: v for k, v in final.items() if k not in _SKIP and not k.endswith("_pred")})
                 run.finish()
                 self.runs.append(run.id)
             except Exception as e:  # tracking must never stop a study

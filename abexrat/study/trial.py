@@ -78,6 +78,6 @@ def run_trial(
         final[f"{split}_per_class_f1"] = {c: d["f1"]["mean"] for c, d in scores[split]["per_class"].items()}
         final[f"{split}_confusion"] = scores[split]["confusion"]["total"]
     if with_test:
-        final["test_per_seed_pred"] = scores.get("test_pred")
+        final["test_pred"] = scores["test_pred"]  # (S, n) predicted classes, for paired tests in reports
     final["trial_s"] = time.perf_counter() - t0
     tune.report(final)

@@ -1,0 +1,221 @@
+"""Studies on real Ray Tune + Optuna + offline W&B: search, ablation, bad files, interrupt and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO
+from tests.wandb_files import read_runs
+
+
+def study_file(tmp: Path, tiny_dir: Path, name: str, body: str) -> Path:
+    path = tmp / f"{name}.yaml"
+    path.write_text(f"""
+name: {name}
+trainer:
+  data: {{dataset: "{tiny_dir}", aug_pool: published}}
+  encoder: {{name: hybrid, options: {{tfidf_dim: 32, tfidf_min_df: 1}}}}
+  model: {{hidden: [32], dropout: 0.1}}
+  train: {{epochs: 4, batch_size: 32, lr: 0.003}}
+tracking: {{mode: offline}}
+{body}
+""")
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_ray():  # noqa: ANN201
+    """One embedded Ray for this module's in-process studies (ray.init costs ~4 s)."""
+    import ray
+
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def search(local_ray, tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> tuple[Path, dict]:  # noqa: ANN001
+    from abexrat.study.config import load_study
+    from abexrat.study.runner import run_study
+
+    tmp = tmp_path_factory.mktemp("search")
+    path = study_file(tmp, tiny_dir, "tiny-search", """
+space:
+  adversarial.eps: {type: float, low: 0.01, high: 1.0, log: true}
+  adversarial.p: {type: float, low: 0.0, high: 1.0}
+  data.aug_ratio: {type: float, low: 0.0, high: 1.0}
+  model.hidden: {type: categorical, choices: [[16], [32]]}
+budget: {num_samples: 6}
+seeds_per_trial: 2
+final: {seeds: 3}
+baselines:
+  no_adversarial: {adversarial.method: none}
+""")
+    out = tmp / "out"
+    summary = run_study(load_study(path), out)
+    return out, summary
+
+
+def test_search_summary_has_the_contracted_keys(search: tuple[Path, dict]) -> None:
+    out, s = search
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["best_config"] == s["best_config"]
+    for key in ("eps", "p", "aug_ratio"):
+        assert key in s["best_config"]
+    assert s["trials"] == 6 and s["trials_failed"] == 0 and s["wall_s"] > 0
+    for key in ("macro_f1", "weighted_f1", "accuracy"):
+        assert set(s["test"][key]) >= {"mean", "std", "per_seed"} and len(s["test"][key]["per_seed"]) == 3
+    assert set(s["baselines"]) == {"no_adversarial"}
+    assert len(s["baselines"]["no_adversarial"]["test"]["macro_f1"]["per_seed"]) == 3
+
+
+def test_trial_table_matches_the_summary(search: tuple[Path, dict]) -> None:
+    out, s = search
+    table = pd.read_parquet(out / "trials.parquet")
+    csv = pd.read_csv(out / "trials.csv")
+    assert len(table) == len(csv) == 6 + 2  # six search trials, then best + one baseline
+    searched = table[table["stage"] == "search"]
+    assert len(set(searched["trial_id"])) == 6
+    assert s["best_val_macro_f1"] == pytest.approx(searched["val_macro_f1"].max())
+    # search trials never see test; the final round scores it once per arm
+    assert searched["test_macro_f1"].isna().all()
+    final = table[table["stage"] == "final"].set_index("param:arm")
+    assert final.loc["best", "test_macro_f1"] == pytest.approx(s["test"]["macro_f1"]["mean"])
+    best_row = searched.loc[searched["val_macro_f1"].idxmax()]
+    assert best_row["param:adversarial.eps"] == pytest.approx(s["best_config"]["eps"])
+    assert best_row["param:data.aug_ratio"] == pytest.approx(s["best_config"]["aug_ratio"])
+    # the categorical list choice travels through Optuna and back into the config
+    assert s["best_config"]["train_config"]["model"]["hidden"] in ([16], [32])
+
+
+def test_wandb_offline_runs_equal_the_results(search: tuple[Path, dict]) -> None:
+    out, s = search
+    runs = read_runs(out / "wandb")
+    by_job: dict[str, list] = {}
+    for r in runs:
+        assert r.group == "tiny-search"
+        by_job.setdefault(r.job_type, []).append(r)
+    assert len(by_job["search"]) == 6 and len(by_job["final"]) == 2 and len(by_job["summary"]) == 1
+    table = pd.read_parquet(out / "trials.parquet").set_index("trial_id")
+    for r in by_job["search"]:
+        row = table.loc[r.config["trial_id"]]
+        assert r.summary["val_macro_f1"] == pytest.approx(row["val_macro_f1"])
+        assert r.config["adversarial.eps"] == pytest.approx(row["param:adversarial.eps"])
+        assert [h["epoch"] for h in r.history] == [1, 2, 3, 4]  # per-epoch metrics
+        assert r.history[-1]["val_macro_f1"] == pytest.approx(row["val_macro_f1"])
+    best = next(r for r in by_job["final"] if r.config["arm"] == "best")
+    assert best.summary["test_macro_f1"] == pytest.approx(s["test"]["macro_f1"]["mean"])
+    assert s["tracking"]["runs"] == 8 and s["tracking"]["mode"] == "offline"
+
+
+def test_ablation_runs_the_factor_grid(local_ray, tmp_path: Path, tiny_dir: Path) -> None:  # noqa: ANN001
+    from abexrat.study.config import load_study
+    from abexrat.study.runner import run_study
+
+    path = study_file(tmp_path, tiny_dir, "tiny-ablation", """
+kind: ablation
+ablation:
+  factors:
+    abex: {on: {data.aug_ratio: 1.0}, off: {data.aug_ratio: 0.0}}
+    rat: {on: {adversarial.method: rat}, off: {adversarial.method: none}}
+final: {seeds: 2}
+""")
+    study = load_study(path)
+    assert list(study.arms()) == ["full", "rat=off", "abex=off", "abex=off+rat=off"]
+    s = run_study(study, tmp_path / "out")
+    assert set(s["arms"]) == {"full", "abex=off", "rat=off", "abex=off+rat=off"}
+    for arm in s["arms"].values():
+        assert len(arm["test"]["macro_f1"]["per_seed"]) == 2 and len(arm["test_pred"]) == 2
+    # the grid's train sizes follow the factor: ABEX off trains on the 133 originals only
+    table = pd.read_parquet(tmp_path / "out" / "trials.parquet")
+    assert s["trials"] == 4 and (table["stage"] == "ablation").sum() == 4
+
+
+BAD_STUDIES = {
+    "unknown key": ("budget: {num_samples: 3, samples: 4}", "budget.samples: unknown key"),
+    "no space": ("budget: {num_samples: 3}", "a search study needs a 'space'"),
+    "bad range": ("space: {adversarial.eps: {type: float, low: 1.0, high: 0.1}}", "needs low < high"),
+    "unknown trainer key in space": ("space: {adversarial.q: {type: float, low: 0, high: 1}}",
+                                     "space.adversarial.q: adversarial.q: unknown key"),
+    "out of range choice": ("space: {adversarial.p: {type: categorical, choices: [0.5, 1.5]}}",
+                            "space.adversarial.p: adversarial.p: Input should be less than or equal to 1 (got 1.5)"),
+    "bad name": ("space: {adversarial.p: {type: float, low: 0, high: 1}}\nname: ../../etc", "name: Value error"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_STUDIES))
+def test_bad_study_files_exit_2_naming_the_key(case: str, tmp_path: Path, tiny_dir: Path, cli) -> None:  # noqa: ANN001
+    body, message = BAD_STUDIES[case]
+    path = study_file(tmp_path, tiny_dir, "bad", body)
+    if case == "bad name":
+        path.write_text(path.read_text().replace("name: bad\n", ""))
+    r = cli("study", "run", path, "--out", tmp_path / "out")
+    assert r.code == 2, r.stderr
+    assert message in " ".join(r.stderr.split())
+    assert not (tmp_path / "out").exists()
+
+
+def _finished_trials(search_dir: Path) -> list[str]:
+    done = []
+    for result in search_dir.glob("run_trial_*/result.json"):
+        lines = [json.loads(x) for x in result.read_text().splitlines() if x.strip()]
+        if lines and "val_accuracy" in lines[-1]:
+            done.append(lines[-1]["trial_id"])
+    return done
+
+
+def test_sigint_then_resume_finishes_without_rerunning(tmp_path: Path, tiny_dir: Path) -> None:
+    path = study_file(tmp_path, tiny_dir, "tiny-resume", """
+space:
+  adversarial.eps: {type: float, low: 0.01, high: 1.0, log: true}
+  adversarial.p: {type: float, low: 0.0, high: 1.0}
+budget: {num_samples: 8}
+seeds_per_trial: 1
+final: {seeds: 1}
+""")
+    path.write_text(path.read_text().replace("epochs: 4,", "epochs: 120,"))
+    out = tmp_path / "out"
+    exe = str(Path(sys.executable).parent / "abexrat")
+    env = {**os.environ, "RAY_AIR_NEW_OUTPUT": "0"}
+    proc = subprocess.Popen([exe, "study", "run", str(path), "--out", str(out)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while len(_finished_trials(out / "search")) < 2:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert time.time() < deadline, "no trial finished in time"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    assert "--resume" in output
+    before = _finished_trials(out / "search")
+    assert 2 <= len(before) < 8 and not (out / "summary.json").exists()
+    rows_before = {t: _rows(out / "search", t) for t in before}
+
+    r = subprocess.run([exe, "study", "run", str(path), "--out", str(out), "--resume"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["trials"] == 8
+    after = _finished_trials(out / "search")
+    assert len(after) == len(set(after)) == 8 and set(before) <= set(after)
+    for t, rows in rows_before.items():  # a finished trial was not run again: its results did not grow
+        assert _rows(out / "search", t) == rows == 120
+    runs = [r for r in read_runs(out / "wandb") if r.job_type == "search"]
+    assert sorted(r.config["trial_id"] for r in runs) == sorted(after)  # one W&B run per trial, none twice
+
+
+def _rows(search_dir: Path, trial_id: str) -> int:
+    (result,) = [p for p in search_dir.glob(f"run_trial_{trial_id}_*/result.json")]
+    return sum(1 for x in result.read_text().splitlines() if x.strip())
