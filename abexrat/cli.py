@@ -28,6 +28,7 @@ app = typer.Typer(
 data_app = typer.Typer(no_args_is_help=True, help="Get and check datasets.")
 app.add_typer(data_app, name="data")
 from abexrat.augment.cli import augment_app  # noqa: E402
+
 app.add_typer(augment_app, name="augment")
 study_app = typer.Typer(no_args_is_help=True, help="Searches and ablations on Ray Tune + Optuna.")
 app.add_typer(study_app, name="study")
@@ -306,6 +307,7 @@ def study_run(
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted study in --out")] = False,
     name: Annotated[str | None, typer.Option(help="study name (default: the file's)")] = None,
     data_dir: DataDir = None,
+    no_report: Annotated[bool, typer.Option("--no-report", help="do not write STUDY_DIR/report")] = False,
 ) -> None:
     """Run a search or an ablation, retrain the best with K seeds, score it once on test."""
     from abexrat.study.config import check_name, load_study
@@ -315,7 +317,14 @@ def study_run(
     if name:
         study = study.model_copy(update={"name": check_name(name)})
     folder = out_dir or Path("runs") / study.name
-    s = run_study(study, folder, address=address, resume=resume, data_dir=str(data_dir) if data_dir else None)
+    s = run_study(
+        study,
+        folder,
+        address=address,
+        resume=resume,
+        data_dir=str(data_dir) if data_dir else None,
+        report=not no_report,
+    )
     b = s["best_config"]
     out.print(f"[bold]{study.name}[/]: {s['trials']} trials in {s['wall_s']:.0f} s")
     out.print(
@@ -333,9 +342,33 @@ def study_run(
             f"baseline {bname}: test macro-F1 {_pct(bl['test']['macro_f1']['mean'])} ± "
             f"{_pct(bl['test']['macro_f1']['std'])}"
         )
-    out.print(f"wrote {folder}/summary.json and trials.parquet")
+    out.print(
+        f"wrote {folder}/summary.json and trials.parquet"
+        + ("" if no_report else f"; report: {folder}/report/index.html")
+    )
     if s["tracking"]["mode"] == "offline":
         out.print(f"W&B runs are offline; upload them with: wandb sync {s['tracking']['dir']}/offline-run-*")
+
+
+# ---- report (issue 5) ----
+
+
+@app.command()
+def report(
+    study_dir: Annotated[Path, typer.Argument(help="a study folder written by `abexrat study run`")],
+    out_dir: Annotated[Path, typer.Option("--out", help="report folder to write, e.g. reports/NAME")],
+    compare: Annotated[
+        list[Path] | None, typer.Option("--compare", help="another study folder to compare with (repeatable)")
+    ] = None,
+) -> None:
+    """Write index.html, report.md and PNG figures: headline with bootstrap intervals, ablation, search, cost."""
+    from abexrat.report import build_report
+
+    index = build_report(study_dir, out_dir, list(compare or []))
+    out.print(f"wrote {index}", highlight=False, soft_wrap=True)
+
+
+# ---- end report ----
 
 
 def main(argv: list[str] | None = None) -> None:

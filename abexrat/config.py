@@ -62,6 +62,9 @@ class LossConfig(Strict):
     name: Literal["ce", "focal"] = "focal"
     gamma: float = Field(2.0, ge=0.0, le=10.0)
     alpha: Literal["balanced"] | list[float] | None = None
+    logit_adjust: float = Field(
+        0.0, ge=0.0, le=5.0, description="tau: train on logits + tau log(class prior) (Menon et al. 2021)"
+    )
 
     @field_validator("alpha")
     @classmethod

@@ -93,6 +93,10 @@ def fit(
         method_hook(method)
     gamma = cfg.loss.gamma if cfg.loss.name == "focal" else 0.0
     alpha = class_alpha(cfg, y, n_classes)
+    # Logit adjustment: the loss sees logits + tau log(prior), so the raw logits used at inference
+    # are pushed to favour rare classes (Menon et al., "Long-tail learning via logit adjustment").
+    prior = np.bincount(y, minlength=n_classes).astype(np.float64) + 1.0
+    shift = torch.tensor(cfg.loss.logit_adjust * np.log(prior / prior.sum()), dtype=torch.float32)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     B = cfg.train.batch_size
     result = TrainResult(model, list(seeds), scale)
@@ -106,7 +110,7 @@ def fit(
             masks = model.dropout_masks(idx.shape[1], drop_gens)
 
             def loss_fn(x: torch.Tensor, masks: Any = masks, yb: torch.Tensor = yb) -> torch.Tensor:
-                return focal_loss(model(x, masks), yb, gamma, alpha)
+                return focal_loss(model(x, masks) + shift, yb, gamma, alpha)
 
             attack = method.plan()
             if attack and method.uses_grad:

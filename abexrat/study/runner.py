@@ -344,7 +344,12 @@ def _write_table(df: Any, out: Path) -> None:
 
 
 def run_study(
-    study: Study, out: Path, address: str | None = None, resume: bool = False, data_dir: str | None = None
+    study: Study,
+    out: Path,
+    address: str | None = None,
+    resume: bool = False,
+    data_dir: str | None = None,
+    report: bool = True,
 ) -> dict[str, Any]:
     """Run a study end to end; returns what ``summary.json`` holds."""
     import pandas as pd
@@ -374,8 +379,9 @@ def run_study(
         _close(cbs)
         search_df = _trial_table(results, "ablation" if study.kind == "ablation" else "search")
         wanted = study.budget.num_samples if study.kind == "search" else len(study.arms())
-        _check_interrupted(results, wanted if study.budget.time_budget_s is None else 0, out,
-                           study.early_stopping.enabled)
+        _check_interrupted(
+            results, wanted if study.budget.time_budget_s is None else 0, out, study.early_stopping.enabled
+        )
         finished = [r for r in results if not r.error and r.metrics and study.objective.metric in r.metrics]
         if not finished:
             raise UserError(f"{out / SEARCH}: no trial finished; see the trial errors there")
@@ -413,12 +419,15 @@ def run_study(
             "val": _scores(by_arm["best"], "val"),
             "test": _scores(by_arm["best"], "test"),
             "test_pred": by_arm["best"].get("test_pred"),
+            "val_pred": by_arm["best"].get("val_pred"),
+            "val_labels": feats.y_val.tolist(),
             "baselines": {
                 name: {
                     "overrides": study.baselines[name],
                     "val": _scores(m, "val"),
                     "test": _scores(m, "test"),
                     "test_pred": m.get("test_pred"),
+                    "val_pred": m.get("val_pred"),
                 }
                 for name, m in by_arm.items()
                 if name != "best"
@@ -450,14 +459,18 @@ def run_study(
                     "val": _scores(r.metrics, "val"),
                     "test": _scores(r.metrics, "test"),
                     "test_pred": r.metrics.get("test_pred"),
+                    "val_pred": r.metrics.get("val_pred"),
                 }
                 for r in results
                 if r.metrics and "test_macro_f1" in r.metrics
             }
+        from abexrat.report import study_report
+
+        files = study_report(out, summary) if report else []  # out/report/, from the in-memory summary
         summary["tracking"]["summary_run"] = log_summary(
-            study.name, study.tracking, out, mode, summary, table.astype(str)
+            study.name, study.tracking, out, mode, summary, table.astype(str), files=files
         )
-        write_json(out / "summary.json", summary)
+        write_json(out / "summary.json", summary)  # last: its presence marks a finished study
         return summary
     finally:
         if started:
@@ -471,12 +484,18 @@ def _check_interrupted(results: Any, wanted: int, out: Path, early_stopping: boo
     ASHA may have stopped it early on purpose.
     """
     trials = results._experiment_analysis.trials  # noqa: SLF001
-    unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR") or (
-        t.status == "TERMINATED" and not early_stopping and "val_accuracy" not in (t.last_result or {}))]
+    unfinished = [
+        t
+        for t in trials
+        if t.status not in ("TERMINATED", "ERROR")
+        or (t.status == "TERMINATED" and not early_stopping and "val_accuracy" not in (t.last_result or {}))
+    ]
     if len(trials) < wanted or unfinished:
         done = sum(t.status == "TERMINATED" for t in trials)
-        raise Interrupted(f"interrupted after {done} finished trial(s); the state is saved in {out}. "
-                          f"Continue with: abexrat study run STUDY.yaml --out {out} --resume")
+        raise Interrupted(
+            f"interrupted after {done} finished trial(s); the state is saved in {out}. "
+            f"Continue with: abexrat study run STUDY.yaml --out {out} --resume"
+        )
 
 
 def _close(callbacks: list[Any]) -> float:

@@ -77,7 +77,8 @@ def run_trial(
             final[f"{split}_{k}_per_seed"] = scores[split][k]["per_seed"]
         final[f"{split}_per_class_f1"] = {c: d["f1"]["mean"] for c, d in scores[split]["per_class"].items()}
         final[f"{split}_confusion"] = scores[split]["confusion"]["total"]
-    if with_test:
-        final["test_pred"] = scores["test_pred"]  # (S, n) predicted classes, for paired tests in reports
+    if with_test:  # (S, n) predicted classes: bootstrap intervals and paired tests in reports
+        final["val_pred"] = scores["val_pred"]
+        final["test_pred"] = scores["test_pred"]
     final["trial_s"] = time.perf_counter() - t0
     tune.report(final)
