@@ -15,6 +15,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from abexrat.errors import UserError
 
 MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_NODES = 100_000  # after aliases are expanded: a "billion laughs" file stops here
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Nodes in the document with every alias expanded, counted in time linear in the unique nodes."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = 1  # a recursive alias counts once instead of looping
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(n, memo) for n in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    else:
+        size = 1
+    memo[key] = size
+    return size
 
 
 class Strict(BaseModel):
@@ -145,6 +162,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a config")
     try:
         text = data.decode("utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and _expanded_size(node, {}) > MAX_CONFIG_NODES:
+            raise UserError(f"{path}: more than {MAX_CONFIG_NODES} values once aliases are expanded; not a config")
         obj = yaml.safe_load(text)
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text") from None

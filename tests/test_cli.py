@@ -110,6 +110,10 @@ BAD_CONFIGS = {
     "unknown method": ("adversarial:\n  method: magic\n", "adversarial.method: Value error, unknown method 'magic'"),
     "python tag": ("name: !!python/object/apply:os.system ['touch /tmp/abexrat-pwned']\n", "not valid YAML"),
     "huge hidden": ("model:\n  hidden: [100000000]\n", "model.hidden"),
+    "alias bomb": ("a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+                   + "".join(f"{n}: &{n} [{', '.join(['*' + p] * 10)}]\n" for p, n in zip("abcde", "bcdef"))
+                   + "model: {hidden: *f}\n", "more than 100000 values once aliases are expanded"),
+    "non-utf8": ("name: \udcff\n", "not UTF-8"),
 }
 
 
@@ -117,7 +121,7 @@ BAD_CONFIGS = {
 def test_bad_config_names_the_key_and_exits_2(case: str, tmp_path: Path, cli) -> None:  # noqa: ANN001
     text, message = BAD_CONFIGS[case]
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text(text)
+    cfg.write_bytes(text.encode("utf-8", "surrogateescape"))
     r = cli("train", cfg, "--out", tmp_path / "out")
     assert r.code == 2, r.stdout + r.stderr
     assert message in " ".join(r.stderr.split())
