@@ -28,9 +28,13 @@ class AugmentData(Strict):
     test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     split_seed: int = Field(0, ge=0)
 
-    def as_data_config(self) -> DataConfig:
-        # No pool: the originals alone are what ABEX rewrites.
-        return DataConfig(**self.model_dump(), aug_pool="none")
+    def as_data_config(self, where: str = "config") -> DataConfig:
+        """The train-config form of this section (no pool: the originals alone are what ABEX rewrites).
+
+        Validated like a train config's ``data``, so its bounds hold here too and a value out of
+        them is a :class:`UserError` naming ``data.<key>``.
+        """
+        return validate(DataConfig, {**self.model_dump(), "aug_pool": "none"}, f"{where}: data")
 
 
 class SelectConfig(Strict):
@@ -185,4 +189,6 @@ def load_augment_config(path: str | Path | None, overrides: list[str] | None = N
     """A validated :class:`AugmentConfig` from YAML (``None``: the defaults) and ``--set`` overrides."""
     raw = load_yaml(path) if path else {}
     raw = apply_overrides(raw, overrides or [])
-    return validate(AugmentConfig, raw, str(path or "config"))
+    cfg = validate(AugmentConfig, raw, str(path or "config"))
+    cfg.data.as_data_config(str(path or "config"))  # the dataset keys must also pass a train config's checks
+    return cfg

@@ -491,6 +491,8 @@ def run_augment(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # pool.json last, and an old one gone first: its presence means the files beside it match it.
+    (out_dir / SUMMARY_FILE).unlink(missing_ok=True)
     schema = pool_schema()
     write_table(out_dir / POOL_FILE, [r for r, k in zip(rows, kept) if k], schema)
     write_table(out_dir / REJECTED_FILE, [r for r, k in zip(rows, kept) if not k], schema)
