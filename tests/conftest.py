@@ -130,3 +130,10 @@ def cli(capsys: pytest.CaptureFixture[str]):  # noqa: ANN201
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_ray_address():  # noqa: ANN202
+    """Joining a test cluster exports RAY_ADDRESS; the next test must not try to join a dead one."""
+    yield
+    os.environ.pop("RAY_ADDRESS", None)

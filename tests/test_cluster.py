@@ -55,6 +55,7 @@ max_failures: 5
         killer.join(timeout=5)
         ray.shutdown()
         cluster.shutdown()
+        os.environ.pop("RAY_ADDRESS", None)  # joining the cluster exported it; later tests start their own Ray
     assert removed, "the worker node was never removed"
     assert summary["trials"] == 9 and summary["trials_failed"] == 0
     table = pd.read_parquet(out / "trials.parquet")
