@@ -6,16 +6,102 @@ the file and the dotted key (``adversarial.p: ...``).
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from abexrat.errors import UserError
+from abexrat.io import clip, short_repr
 
 MAX_CONFIG_BYTES = 1 << 20
 MAX_CONFIG_NODES = 100_000  # after aliases are expanded: a "billion laughs" file stops here
+MAX_CONFIG_DEPTH = 32  # configs nest a few levels; deeper is hostile (and recursion in the parsers)
+MAX_SEED = 2**31 - 1  # numpy's and scikit-learn's legacy generators take seeds below 2**32
+PLAIN = (str, int, float, bool, type(None))
+
+
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _flow_too_deep(text: str, limit: int = 2 * MAX_CONFIG_DEPTH) -> bool:
+    """More than ``limit`` unclosed ``[``/``{``: PyYAML's scanner is quadratic in that depth (seconds for
+    a few thousand), so such a file is refused before it is parsed. Brackets inside strings count too,
+    hence the generous limit."""
+    depth = 0
+    for m in _BRACKET.finditer(text):
+        depth += 1 if m.group() in "[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
+def _check_depth(root: yaml.Node) -> str | None:
+    """Why the node graph is unacceptable (too deep, or an alias inside its own anchor), else None.
+
+    Iterative, so a hostile file cannot exhaust the Python stack here, and each node is visited
+    once (aliases share nodes: walking every path of an alias bomb would take exponential time).
+    """
+
+    def children(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        if isinstance(node, yaml.MappingNode):
+            return [c for kv in node.value for c in kv]
+        return []
+
+    entered, height = set(), {}  # entered and not yet left = on the current path
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, leaving = stack.pop()
+        key = id(node)
+        if leaving:
+            entered.discard(key)
+            height[key] = 1 + max((height[id(c)] for c in children(node)), default=0)
+            if height[key] > MAX_CONFIG_DEPTH:
+                return f"nested deeper than {MAX_CONFIG_DEPTH} levels"
+            continue
+        if key in height:
+            continue
+        if key in entered:  # reached again from below itself
+            return "an alias refers to its own anchor (a recursive structure)"
+        entered.add(key)
+        stack.append((node, True))
+        for c in children(node):
+            if id(c) in entered:
+                return "an alias refers to its own anchor (a recursive structure)"
+            if id(c) not in height:
+                stack.append((c, False))
+    return None
+
+
+def plain_data_problem(obj: Any, where: str = "") -> str | None:
+    """Where ``obj`` holds something other than strings, numbers, booleans, null, lists and mappings.
+
+    ``yaml.safe_load`` also builds dates, timestamps, bytes (``!!binary``) and sets (``!!set``):
+    no config key takes those, and they break JSON results later, so they are refused up front.
+    """
+    stack: list[tuple[Any, str]] = [(obj, where)]
+    while stack:
+        value, at = stack.pop()
+        if isinstance(value, PLAIN):
+            continue
+        if isinstance(value, list):
+            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(value))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if not isinstance(k, PLAIN):  # non-string scalars (`on:` is True) are the schema's to judge
+                    return f"{at or '(top level)'}: key {short_repr(k)} is a {type(k).__name__}, not a plain value"
+                stack.append((v, f"{at}.{k}" if at else k))
+        else:
+            kind = type(value).__name__
+            return f"{at or '(top level)'}: a {kind} value; only strings, numbers, booleans, null, lists and mappings"
+    return None
 
 
 def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
@@ -49,18 +135,67 @@ class DataConfig(Strict):
     summary_column: str = "summary"
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
-    split_seed: int = Field(0, ge=0)
+    split_seed: int = Field(0, ge=0, le=MAX_SEED)
     aug_pool: str = Field(
         "published",
         description="'published' (train_aug.json's synthetic rows), 'none', or a pool folder / Parquet file",
     )
     aug_ratio: float = Field(1.0, ge=0.0, le=1.0)
-    aug_seed: int = Field(0, ge=0)
+    aug_seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class EncoderConfig(Strict):
     name: str = "hybrid"
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _options(self) -> EncoderConfig:
+        """Each option must be a constructor field of the encoder, of its type: a wrong type would
+        otherwise surface as a traceback deep inside the fit (``tfidf_dim: "x"``)."""
+        cls = _encoder_class(self.name)
+        if cls is None:  # an unknown name is reported when the encoder is built
+            return self
+        hints = typing.get_type_hints(cls)
+        known = [f.name for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")]
+        known = [k for k in known if k not in ("model", "fit_digest")]
+        for key, value in self.options.items():
+            name = {"dim": "dim_"}.get(key, key)
+            if name not in known:
+                raise ValueError(f"options: unknown option {short_repr(key)} (known: {', '.join(known)})")
+            hint = hints[name]
+            v = tuple(value) if isinstance(value, list) and typing.get_origin(hint) is tuple else value
+            try:
+                TypeAdapter(hint).validate_python(v, strict=True)
+            except ValidationError:
+                raise ValueError(f"options.{key}: expected {_hint_name(hint)}, got {short_repr(value)}") from None
+            numbers = v if isinstance(v, tuple) else (v,)
+            for x in numbers:
+                if isinstance(x, bool) or not isinstance(x, int | float):
+                    continue
+                if isinstance(x, int) and not 1 <= x <= 10_000_000:
+                    raise ValueError(f"options.{key}: must be in 1..10000000, got {short_repr(value)}")
+                if isinstance(x, float) and not (math.isfinite(x) and 0 <= x <= 1e6):
+                    raise ValueError(f"options.{key}: must be a finite number in [0, 1e6], got {short_repr(value)}")
+        return self
+
+
+def _encoder_class(name: str) -> type | None:
+    if name.startswith("hf:"):
+        from abexrat.hf import HFEncoder
+
+        return HFEncoder
+    if name.startswith("vllm:"):
+        from abexrat.vllm import VLLMEncoder
+
+        return VLLMEncoder
+    from abexrat.encoders import ENCODERS
+
+    cls = ENCODERS.get(name)
+    return cls if isinstance(cls, type) and dataclasses.is_dataclass(cls) else None
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 class ModelConfig(Strict):
@@ -125,7 +260,9 @@ class TrainConfig(Strict):
     """One training recipe: data -> encoder -> MLP + loss + adversarial method."""
 
     name: str = "run"
-    seed: int = Field(0, ge=0, description="the first seed; a run with N seeds uses seed .. seed+N-1")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED - 100, description="the first seed; a run with N seeds uses seed .. seed+N-1"
+    )
     seeds: int = Field(1, ge=1, le=100)
     data: DataConfig = Field(default_factory=DataConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
@@ -139,21 +276,25 @@ class TrainConfig(Strict):
 
 
 def format_validation_error(err: ValidationError, where: str) -> str:
-    """The first problem as ``where: dotted.key: message`` (plus how many more)."""
+    """The first problem as ``where: dotted.key: message`` (plus how many more), on one short line."""
     errs = err.errors()
     e = errs[0]
-    loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    loc = clip(".".join(str(p) for p in e["loc"]) or "(top level)", 80)
     msg = e["msg"]
     if e["type"] == "extra_forbidden":
         msg = "unknown key"
     elif "input" in e and not isinstance(e["input"], dict | list):
-        msg = f"{msg} (got {e['input']!r})"
+        msg = f"{clip(msg, 120)} (got {short_repr(e['input'])})"
     more = f" (and {len(errs) - 1} more problem{'s' if len(errs) > 2 else ''})" if len(errs) > 1 else ""
-    return f"{where}: {loc}: {msg}{more}"
+    return f"{where}: {loc}: {clip(msg, 200)}{more}"
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from ``path`` with ``yaml.safe_load`` (no tags that build objects)."""
+    """A YAML mapping from ``path`` with ``yaml.safe_load`` (no tags that build objects).
+
+    Hostile files end in a :class:`UserError`: non-UTF-8 bytes, more than 1 MiB, alias bombs,
+    recursive aliases, deep nesting, and values that are not plain data (dates, bytes, sets).
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
@@ -162,21 +303,36 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a config")
     try:
         text = data.decode("utf-8")
+        if _flow_too_deep(text):
+            raise UserError(f"{path}: nested deeper than {MAX_CONFIG_DEPTH} levels; not a config")
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        if node is not None and _expanded_size(node, {}) > MAX_CONFIG_NODES:
-            raise UserError(f"{path}: more than {MAX_CONFIG_NODES} values once aliases are expanded; not a config")
+        if node is not None:
+            if problem := _check_depth(node):
+                raise UserError(f"{path}: {problem}; not a config")
+            if _expanded_size(node, {}) > MAX_CONFIG_NODES:
+                raise UserError(f"{path}: more than {MAX_CONFIG_NODES} values once aliases are expanded; not a config")
         obj = yaml.safe_load(text)
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text") from None
+    except RecursionError:  # the YAML composer recurses per level, before the depth check can run
+        raise UserError(f"{path}: nested too deeply; not a config") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
+        problem = getattr(e, "problem", None) or (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path}: not valid YAML{where}: {clip(problem, 160)}") from None
+    except UserError:
+        raise
+    except Exception as e:  # PyYAML's own constructors on forced tags: `!!timestamp x`, `!!int x`, a 5000-digit int
+        raise UserError(
+            f"{path}: not valid YAML: a value cannot be read ({clip(str(e) or type(e).__name__, 120)})"
+        ) from None
     if obj is None:
         obj = {}
     if not isinstance(obj, dict):
         raise UserError(f"{path}: expected a mapping of keys at the top level, got {type(obj).__name__}")
+    if problem := plain_data_problem(obj):
+        raise UserError(f"{path}: {clip(problem, 200)}")
     return obj
 
 
@@ -184,18 +340,20 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     """``["adversarial.eps=0.3", "model.hidden=[256,128]"]``: values parse as YAML scalars/lists."""
     for item in overrides:
         if "=" not in item:
-            raise UserError(f"--set {item!r}: expected key=value")
+            raise UserError(f"--set {short_repr(item)}: expected key=value")
         key, value = item.split("=", 1)
         try:
             parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise UserError(f"--set {key}: cannot parse value {value!r}") from None
+        except Exception:  # YAMLError, RecursionError, or a constructor's own error on a forced tag
+            raise UserError(f"--set {clip(key, 80)}: cannot parse value {short_repr(value)}") from None
+        if problem := plain_data_problem(parsed, key):
+            raise UserError(f"--set {clip(problem, 200)}")
         node = raw
         parts = key.strip().split(".")
         for p in parts[:-1]:
             child = node.setdefault(p, {})
             if not isinstance(child, dict):
-                raise UserError(f"--set {key}: {p!r} is not a section")
+                raise UserError(f"--set {clip(key, 80)}: {short_repr(p)} is not a section")
             node = child
         node[parts[-1]] = parsed
     return raw

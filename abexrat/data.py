@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from abexrat.errors import UserError
-from abexrat.io import cache_dir, sha256_file, write_bytes
+from abexrat.io import cache_dir, clip, sha256_file, short_repr, write_bytes
 
 OSHA_CLASSES: tuple[str, ...] = (
     "FALLS,SLIPS,TRIPS",
@@ -87,11 +87,42 @@ class Dataset:
 # ---------------------------------------------------------------- reading files
 
 
+# Rows held as Python objects take several times their file's size (Parquet is also compressed).
+MEMORY_FACTOR = {".json": 4, ".jsonl": 4, ".csv": 4, ".parquet": 10, ".pq": 10}
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (MemAvailable on Linux), else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_fits_in_memory(path: Path) -> None:
+    """Refuse, with one line, a file whose rows cannot fit in memory, rather than be killed halfway."""
+    need = path.stat().st_size * MEMORY_FACTOR.get(path.suffix.lower(), 4)
+    free = available_memory()
+    if free is not None and need > free:
+        raise UserError(
+            f"{path}: {path.stat().st_size / 2**30:.1f} GB on disk needs about {need / 2**30:.1f} GB in memory, "
+            f"{free / 2**30:.1f} GB available; split it or use a machine with more memory"
+        )
+
+
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a JSON list, JSONL, CSV or Parquet file, as dicts."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
+    _check_fits_in_memory(path)
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
@@ -124,8 +155,8 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         raise UserError(f"{path}: not UTF-8 text") from None
     except UserError:
         raise
-    except Exception as e:  # pyarrow's own parse errors: keep the first line only
-        raise UserError(f"{path}: cannot read: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    except Exception as e:  # pyarrow's own parse errors, a JSON nested too deeply: one short line
+        raise UserError(f"{path}: cannot read: {clip(str(e) or type(e).__name__, 160)}") from None
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise UserError(f"{path}: row {i}: expected an object with fields, got {type(row).__name__}")
@@ -146,10 +177,10 @@ class Columns:
 def _row_text(path: Path, i: int, row: dict[str, Any], cols: Columns) -> str:
     fields = [cols.text] if cols.text else [cols.title, cols.summary]
     if not any(f in row for f in fields):
-        raise UserError(f"{path}: row {i}: missing column {' and '.join(map(repr, fields))}")
+        raise UserError(f"{path}: row {i}: missing column {' and '.join(map(short_repr, fields))}")
     for f in fields:
         if row.get(f) is not None and not isinstance(row[f], str):
-            raise UserError(f"{path}: row {i}: column {f!r} must be text, got {type(row[f]).__name__}")
+            raise UserError(f"{path}: row {i}: column {short_repr(f)} must be text, got {type(row[f]).__name__}")
     text = (
         compose_text(None, row.get(cols.text))
         if cols.text
@@ -162,10 +193,12 @@ def _row_text(path: Path, i: int, row: dict[str, Any], cols: Columns) -> str:
 
 def _row_label(path: Path, i: int, row: dict[str, Any], cols: Columns) -> str:
     if cols.label not in row:
-        raise UserError(f"{path}: row {i}: missing column {cols.label!r}")
+        raise UserError(f"{path}: row {i}: missing column {short_repr(cols.label)}")
     label = row[cols.label]
     if not isinstance(label, str) or not label.strip():
-        raise UserError(f"{path}: row {i}: label {cols.label!r} must be a non-empty string, got {label!r}")
+        raise UserError(
+            f"{path}: row {i}: label {short_repr(cols.label)} must be a non-empty string, got {short_repr(label)}"
+        )
     return label.strip()
 
 
@@ -188,7 +221,7 @@ def parse_rows(path: str | Path, cols: Columns = Columns(), id_fields: tuple[str
         rid = next((row[f] for f in (cols.id, *id_fields) if row.get(f) is not None), i)
         rid = str(rid)
         if rid in seen:
-            raise UserError(f"{path}: row {i}: duplicate id {rid!r} (first at row {seen[rid]})")
+            raise UserError(f"{path}: row {i}: duplicate id {short_repr(rid)} (first at row {seen[rid]})")
         seen[rid] = i
         ids.append(rid)
         texts.append(_row_text(path, i, row, cols))
@@ -201,7 +234,7 @@ def _to_split(rows: _Rows, classes: list[str], rows_index: list[int] | None = No
     sel = range(len(rows.ids)) if rows_index is None else rows_index
     for i in sel:
         if rows.labels[i] not in index:
-            raise UserError(f"{rows.path}: row {i}: label {rows.labels[i]!r} never appears in training")
+            raise UserError(f"{rows.path}: row {i}: label {short_repr(rows.labels[i])} never appears in training")
     return Split(
         [rows.ids[i] for i in sel],
         [rows.texts[i] for i in sel],
@@ -214,7 +247,9 @@ def _check_disjoint(train: _Rows, other: _Rows, other_index: list[int] | None = 
     for i in other_index if other_index is not None else range(len(other.texts)):
         j = first.get(other.texts[i].lower())
         if j is not None:
-            raise UserError(f"{other.path}: row {i}: the same report as {train.path} row {j} (id {train.ids[j]})")
+            raise UserError(
+                f"{other.path}: row {i}: the same report as {train.path} row {j} (id {short_repr(train.ids[j])})"
+            )
 
 
 def _class_order(labels: list[str]) -> list[str]:
@@ -264,7 +299,7 @@ def _assemble(
         src = _AUG_ID.match(rid)["src"]  # type: ignore[index]
         if src not in orig_ids:
             raise UserError(
-                f"{train_rows.path}: row {i}: synthetic row {rid!r} names source {src!r}, "
+                f"{train_rows.path}: row {i}: synthetic row {short_repr(rid)} names source {short_repr(src)}, "
                 "which is not a training report"
             )
         sources.append(src)
@@ -293,7 +328,7 @@ def load_table(
     counts = Counter(rows.labels)
     tiny = [c for c, n in counts.items() if n < 3]
     if tiny:
-        raise UserError(f"{path}: label {tiny[0]!r} has {counts[tiny[0]]} rows; a stratified split needs 3")
+        raise UserError(f"{path}: label {short_repr(tiny[0])} has {counts[tiny[0]]} rows; a stratified split needs 3")
     y = np.array([classes.index(label) for label in rows.labels])
     idx_train, idx_val, idx_test = stratified_split(y, val_fraction, test_fraction, seed)
     train = _to_split(rows, classes, list(idx_train))
@@ -377,7 +412,7 @@ def fetch_osha(dest: str | Path | None = None, base_url: str | None = None, prog
             with urllib.request.urlopen(url, timeout=60) as resp:
                 data = resp.read()
         except Exception as e:
-            raise UserError(f"{url}: download failed ({e})") from None
+            raise UserError(f"{url}: download failed ({clip(str(e), 160)})") from None
         import hashlib
 
         got = hashlib.sha256(data).hexdigest()

@@ -54,13 +54,20 @@ class EmbeddingCache:
         folder = self._dir(key)
         if not folder.is_dir():
             return found
+        _drop_stale_temps(folder)
         for shard in sorted(folder.glob("*.npz")):
             data = shard.read_bytes()
             if sha256_bytes(data) != shard.stem:
                 shard.unlink(missing_ok=True)  # corrupt or truncated: encode those texts again
                 continue
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                keys, vecs = z["digests"], z["vectors"]
+            try:
+                with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                    keys, vecs = z["digests"], z["vectors"]
+                if keys.dtype != np.uint8 or keys.ndim != 2 or keys.shape[1] != 16 or len(vecs) != len(keys):
+                    raise ValueError("not a shard")
+            except (OSError, ValueError, KeyError):  # named right but not a shard of ours: never trusted
+                shard.unlink(missing_ok=True)
+                continue
             for k, v in zip(keys, vecs):
                 b = k.tobytes()
                 if b in wanted:
@@ -76,6 +83,21 @@ class EmbeddingCache:
 
     def encoder_dir(self, key: str) -> Path:
         return self.root / "encoders" / key
+
+
+STALE_TEMP_S = 3600.0
+
+
+def _drop_stale_temps(folder: Path) -> None:
+    """Temporary files a killed writer left behind more than an hour ago: ``.<name>.*.tmp`` (ours) and
+    ``.tmp??????`` (safetensors writes through one of its own)."""
+    now = time.time()
+    for tmp in [*folder.glob(".*.tmp"), *folder.glob(".tmp??????")]:
+        try:
+            if now - tmp.stat().st_mtime > STALE_TEMP_S:
+                tmp.unlink()
+        except OSError:
+            pass
 
 
 def prepare(enc: Encoder, fit_texts: list[str] | None) -> None:
@@ -94,6 +116,8 @@ def ensure_fitted(
     if not leaf.needs_fit or getattr(leaf, "fitted", False):
         return
     folder = cache.encoder_dir(leaf.key)
+    if folder.is_dir():
+        _drop_stale_temps(folder)
     if (folder / "encoder.json").is_file():
         try:
             leaf.load_arrays(_load_arrays(folder))

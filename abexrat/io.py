@@ -71,3 +71,15 @@ def sha256_texts(texts: list[str]) -> str:
     for t in texts:
         h.update(hashlib.sha256(t.encode()).digest())
     return h.hexdigest()
+
+
+def clip(text: str, limit: int = 160) -> str:
+    """``text`` on one line, at most ``limit`` characters (error messages stay one short line)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a value from a file can be any size."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 3] + "..."

@@ -12,6 +12,7 @@ import numpy as np
 
 from abexrat.data import Dataset, Split
 from abexrat.errors import UserError
+from abexrat.io import clip, short_repr
 
 POOL_COLUMNS = ("id", "source_id", "label", "text")
 
@@ -30,7 +31,7 @@ def read_pool(path: Path, ds: Dataset) -> Split:
     try:
         table = pq.read_table(file)
     except Exception as e:
-        raise UserError(f"{file}: not a readable Parquet pool ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{file}: not a readable Parquet pool ({clip(str(e) or type(e).__name__, 160)})") from None
     missing = [c for c in POOL_COLUMNS if c not in table.column_names]
     if missing:
         raise UserError(f"{file}: missing column {missing[0]!r} (a pool needs {', '.join(POOL_COLUMNS)})")
@@ -39,12 +40,12 @@ def read_pool(path: Path, ds: Dataset) -> Split:
     train_ids = set(ds.train.ids)
     ids, texts, labels, sources = [], [], [], []
     for i, r in enumerate(rows):
-        if r["label"] not in index:
-            raise UserError(f"{file}: row {i}: label {r['label']!r} is not a class of {ds.name}")
+        if not isinstance(r["label"], str) or r["label"] not in index:  # a list or struct is unhashable
+            raise UserError(f"{file}: row {i}: label {short_repr(r['label'])} is not a class of {ds.name}")
         if str(r["source_id"]) not in train_ids:
-            raise UserError(f"{file}: row {i}: source_id {r['source_id']!r} is not a training report")
+            raise UserError(f"{file}: row {i}: source_id {short_repr(r['source_id'])} is not a training report")
         if not isinstance(r["text"], str) or not r["text"].strip():
-            raise UserError(f"{file}: row {i}: empty or null text")
+            raise UserError(f"{file}: row {i}: text must be a non-empty string, got {short_repr(r['text'])}")
         ids.append(str(r["id"]))
         texts.append(" ".join(r["text"].split()))
         labels.append(index[r["label"]])

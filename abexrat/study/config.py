@@ -7,17 +7,23 @@ A study holds a ``trainer`` (a train config, or ``base:`` naming one) plus eithe
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from abexrat.config import Strict, TrainConfig, apply_overrides, load_yaml, validate
+from abexrat.config import MAX_SEED, Strict, TrainConfig, apply_overrides, load_yaml, validate
 from abexrat.errors import UserError
+from abexrat.io import short_repr
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Names become folder names and W&B groups: letters, digits, '_', '.', '-', never a path.
+# (``\Z``, not ``$``: ``$`` would also accept a trailing newline.)
+NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 PRIMITIVE = (str, int, float, bool, type(None))
+MAX_CHOICES = 1000
+MAX_ARMS = 4096
 
 
 class Param(Strict):
@@ -27,8 +33,8 @@ class Param(Strict):
     low: float | None = None
     high: float | None = None
     log: bool = False
-    step: float | None = Field(None, gt=0)
-    choices: list[Any] | None = None
+    step: float | None = Field(None, gt=0, allow_inf_nan=False)
+    choices: list[Any] | None = Field(None, max_length=MAX_CHOICES)
 
     @model_validator(mode="after")
     def _check(self) -> Param:
@@ -36,6 +42,8 @@ class Param(Strict):
             if not self.choices:
                 raise ValueError("a categorical parameter needs non-empty 'choices'")
         else:
+            if any(v is not None and not math.isfinite(v) for v in (self.low, self.high)):
+                raise ValueError("low and high must be finite numbers")
             if self.low is None or self.high is None or not self.low < self.high:
                 raise ValueError("needs low < high")
             if self.log and self.low <= 0:
@@ -58,8 +66,8 @@ class EarlyStopping(Strict):
     """ASHA over epochs: trials below the rung's top 1/reduction_factor stop early."""
 
     enabled: bool = False
-    grace_period: int = Field(5, ge=1)
-    reduction_factor: float = Field(3.0, gt=1.0)
+    grace_period: int = Field(5, ge=1, le=100_000)
+    reduction_factor: float = Field(3.0, gt=1.0, le=100.0)
 
 
 class Resources(Strict):
@@ -72,6 +80,20 @@ class Tracking(Strict):
     project: str = "abexrat"
     entity: str | None = None
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+
+
+class Limits(Strict):
+    """Per-trial limits: a trial past one is stopped, marked (TIMEOUT / OOM in trials.parquet), never
+    chosen as best, and the study goes on.
+
+    ``trial_time_s`` is wall time from the trial's start (search or ablation stage; the final round is
+    not limited). ``trial_memory_gb`` is the trial process's own resident memory (its heap and tensors,
+    not the shared object store); it is also the trial's Ray ``memory`` request, so a node only runs
+    as many trials as it has memory for.
+    """
+
+    trial_time_s: float | None = Field(None, gt=0, le=30 * 86400, allow_inf_nan=False)
+    trial_memory_gb: float | None = Field(None, gt=0, le=4096, allow_inf_nan=False)
 
 
 class Final(Strict):
@@ -95,26 +117,37 @@ class Ablation(Strict):
 
         if not isinstance(v, dict):
             return v
-        return {k: ({name(lk): lv for lk, lv in lvl.items()} if isinstance(lvl, dict) else name(lvl))
-                for k, lvl in v.items()}
+        return {
+            k: ({name(lk): lv for lk, lv in lvl.items()} if isinstance(lvl, dict) else name(lvl))
+            for k, lvl in v.items()
+        }
 
     @model_validator(mode="after")
     def _check(self) -> Ablation:
         if not self.factors:
             raise ValueError("needs at least one factor")
+        arms = 1
         for f, levels in self.factors.items():
             if len(levels) < 1:
-                raise ValueError(f"factor {f!r} has no levels")
+                raise ValueError(f"factor {short_repr(f)} has no levels")
+            for name in (f, *levels):
+                if not NAME.fullmatch(name):
+                    raise ValueError(
+                        f"factor or level name {short_repr(name)}: use 1-64 letters, digits, '_', '.', '-'"
+                    )
+            arms *= len(levels)
+            if arms > MAX_ARMS:
+                raise ValueError(f"more than {MAX_ARMS} arms in the grid")
         for f, level in self.full.items():
             if f not in self.factors or level not in self.factors[f]:
-                raise ValueError(f"full: {f}={level} is not a factor level")
+                raise ValueError(f"full: {short_repr(f)}={short_repr(level)} is not a factor level")
         return self
 
 
 class Study(Strict):
     name: str
     kind: Literal["search", "ablation"] = "search"
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED - 100)
     base: str | None = Field(None, description="a train config file the trainer section overrides")
     trainer: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, Param] = Field(default_factory=dict)
@@ -125,14 +158,15 @@ class Study(Strict):
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     resources: Resources = Field(default_factory=Resources)
     final: Final = Field(default_factory=Final)
-    baselines: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    baselines: dict[str, dict[str, Any]] = Field(default_factory=dict, max_length=100)
     tracking: Tracking = Field(default_factory=Tracking)
     max_failures: int = Field(3, ge=0, le=100)
+    limits: Limits = Field(default_factory=Limits)
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME.match(v):
+        if not NAME.fullmatch(v):
             raise ValueError("use 1-64 letters, digits, '_', '.', '-' (it names folders and W&B groups)")
         return v
 
@@ -143,8 +177,8 @@ class Study(Strict):
         if self.kind == "ablation" and self.ablation is None:
             raise ValueError("an ablation study needs 'ablation: {factors: ...}'")
         for name in self.baselines:
-            if not NAME.match(name) or name == "best":
-                raise ValueError(f"baseline name {name!r}: use letters, digits, '_', '.', '-' (not 'best')")
+            if not NAME.fullmatch(name) or name == "best":
+                raise ValueError(f"baseline name {short_repr(name)}: use letters, digits, '_', '.', '-' (not 'best')")
         return self
 
     # ------------------------------------------------------------ derived configs
@@ -153,7 +187,11 @@ class Study(Strict):
         """The trainer section with dotted ``overrides`` applied, validated."""
         raw = _deep_copy(self.trainer)
         sets = [f"{k}={_yaml_value(v)}" for k, v in (overrides or {}).items()]
-        return validate(TrainConfig, apply_overrides(raw, sets), where)
+        try:
+            raw = apply_overrides(raw, sets)
+        except UserError as e:  # e.g. a searched key under a trainer value that is not a section
+            raise UserError(f"{where}: {str(e).removeprefix('--set ')}") from None
+        return validate(TrainConfig, raw, where)
 
     def arms(self) -> dict[str, dict[str, Any]]:
         """Ablation arms: name -> dotted overrides, the full method first."""
@@ -225,6 +263,6 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_name(name: str) -> str:
-    if not NAME.match(name):
-        raise UserError(f"--name {name!r}: use 1-64 letters, digits, '_', '.', '-'")
+    if not NAME.fullmatch(name):
+        raise UserError(f"--name {short_repr(name)}: use 1-64 letters, digits, '_', '.', '-'")
     return name

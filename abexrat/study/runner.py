@@ -12,6 +12,7 @@ Selection uses validation only; the test split is scored once, in the final roun
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -22,6 +23,7 @@ from abexrat.errors import Interrupted, UserError
 from abexrat.io import atomic_path, write_json
 from abexrat.study.config import Study
 from abexrat.study.tracking import WandbTrials, log_summary, wandb_mode
+from abexrat.study.trial import LIMIT_STATUS
 
 SEARCH, FINAL = "search", "final"
 
@@ -102,7 +104,8 @@ class ConsoleProgress:
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.done += 1
         value = (trial.last_result or {}).get(self.metric)
-        if value is not None and (self.best is None or value > self.best):
+        ok = isinstance(value, int | float) and math.isfinite(value)  # a trial stopped by a limit reports NaN
+        if ok and (self.best is None or value > self.best):
             self.best = float(value)
             self.best_params = {k: v for k, v in trial.config.items()}
         self._refresh(trials)
@@ -145,12 +148,19 @@ def _callbacks(total: int, label: str, study: Study, job: str, out: Path, mode: 
 # ---------------------------------------------------------------- stages
 
 
-def _trainable(study: Study, feats: Any, arms: dict[str, dict[str, Any]], seeds: list[int], with_test: bool) -> Any:
+def _trainable(
+    study: Study, feats: Any, arms: dict[str, dict[str, Any]], seeds: list[int], with_test: bool, timed: bool
+) -> Any:
+    """The trial function with its data; ``timed``: the time limit applies (the search stage only)."""
     from ray import tune
 
     from abexrat.study.trial import run_trial
 
     threads = max(1, int(study.resources.cpu))
+    limits = {
+        "trial_time_s": study.limits.trial_time_s if timed else None,
+        "trial_memory_gb": study.limits.trial_memory_gb,
+    }
     fn = tune.with_parameters(
         run_trial,
         feats=feats,
@@ -159,9 +169,26 @@ def _trainable(study: Study, feats: Any, arms: dict[str, dict[str, Any]], seeds:
         seeds=seeds,
         with_test=with_test,
         threads=threads,
+        limits=limits,
     )
     res = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
+    if study.limits.trial_memory_gb:  # Ray places a trial only where this much memory is free
+        res["memory"] = int(study.limits.trial_memory_gb * 2**30)
     return tune.with_resources(fn, res)
+
+
+def _check_memory_fits(study: Study) -> None:
+    """On a fixed (local) cluster, a memory request no node can grant would leave trials pending forever."""
+    import ray
+
+    want = study.limits.trial_memory_gb
+    if not want:
+        return
+    most = max((n["Resources"].get("memory", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    if want * 2**30 > most:
+        raise UserError(
+            f"limits.trial_memory_gb: {want:g} GB per trial, but no Ray node offers more than {most / 2**30:.1f} GB"
+        )
 
 
 def _max_concurrent(study: Study) -> int:
@@ -185,6 +212,11 @@ def _run_config(study: Study, stage: str, out: Path, callbacks: list[Any]) -> An
     )
 
 
+def _quiet_nan(record: logging.LogRecord) -> bool:
+    """A trial stopped by a limit reports NaN on purpose (Optuna records it as failed): no warning."""
+    return "nan is not acceptable" not in record.getMessage()
+
+
 def run_search(study: Study, feats: Any, out: Path, resume: bool, mode: str) -> tuple[Any, list[Any]]:
     """The search (TPE) or the ablation grid; resumable from ``out/search``."""
     import optuna
@@ -193,6 +225,10 @@ def run_search(study: Study, feats: Any, out: Path, resume: bool, mode: str) -> 
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     from ray.tune.search.optuna import OptunaSearch
+
+    searcher_log = logging.getLogger("ray.tune.search.optuna.optuna_search")
+    if _quiet_nan not in searcher_log.filters:
+        searcher_log.addFilter(_quiet_nan)
 
     from abexrat.study.space import SearchSpace
 
@@ -226,7 +262,7 @@ def run_search(study: Study, feats: Any, out: Path, resume: bool, mode: str) -> 
             reduction_factor=study.early_stopping.reduction_factor,
         )
     callbacks = _callbacks(total, job, study, job, out, mode)
-    trainable = _trainable(study, feats, arms, seeds, with_test=study.kind == "ablation")
+    trainable = _trainable(study, feats, arms, seeds, with_test=study.kind == "ablation", timed=True)
     path = out / SEARCH
     if resume and tune.Tuner.can_restore(str(path.resolve())):
         tuner = tune.Tuner.restore(
@@ -256,8 +292,7 @@ def run_search(study: Study, feats: Any, out: Path, resume: bool, mode: str) -> 
             ),
             run_config=_run_config(study, SEARCH, out, callbacks),
         )
-    results = tuner.fit()
-    return results, callbacks
+    return _fit(tuner, path, trainable, callbacks, param_space=param_space or None)
 
 
 def run_final(
@@ -269,7 +304,7 @@ def run_final(
     arms = {"best": best, **study.baselines}
     seeds = list(range(study.seed, study.seed + study.final.seeds))
     callbacks = _callbacks(len(arms), "final", study, FINAL, out, mode)
-    trainable = _trainable(study, feats, arms, seeds, with_test=True)
+    trainable = _trainable(study, feats, arms, seeds, with_test=True, timed=False)
     path = out / FINAL
     if resume and tune.Tuner.can_restore(str(path.resolve())):
         tuner = tune.Tuner.restore(
@@ -283,7 +318,50 @@ def run_final(
             tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=_max_concurrent(study), reuse_actors=True),
             run_config=_run_config(study, FINAL, out, callbacks),
         )
-    return tuner.fit(), callbacks
+    return _fit(tuner, path, trainable, callbacks)
+
+
+RETRY_ROUNDS = 3
+
+
+def _lost_with_their_node(results: Any) -> int:
+    """Trials Tune ended in ERROR because their actor or node died, not because the trial raised.
+
+    Tune retries such a trial ``max_failures`` times only while it is RUNNING: one whose reused actor
+    dies while it is still PENDING (being reset for it) is marked ERROR at once. None count after an
+    interrupt (trials left unfinished): continuing those is ``--resume``'s business.
+    """
+    from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, WorkerCrashedError
+
+    trials = results._experiment_analysis.trials  # noqa: SLF001
+    if any(t.status not in ("TERMINATED", "ERROR") for t in trials):
+        return 0
+    system = (RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError)
+    return sum(1 for r in results if r.error is not None and isinstance(r.error, system))
+
+
+def _fit(tuner: Any, path: Path, trainable: Any, callbacks: list[Any], **restore: Any) -> tuple[Any, list[Any]]:
+    """``tuner.fit()``; trials lost with a dead node are run again (same trial ids) by restoring the
+    experiment with ``resume_errored``, at most ``RETRY_ROUNDS`` times."""
+    from ray import tune
+
+    results = tuner.fit()
+    for round_ in range(1, RETRY_ROUNDS + 1):
+        lost = _lost_with_their_node(results)
+        if not lost:
+            break
+        print(f"{path.name}: {lost} trial(s) lost with their node; running them again ({round_}/{RETRY_ROUNDS})")
+        _close(callbacks)
+        tuner = tune.Tuner.restore(
+            str(path.resolve()), trainable=trainable, resume_unfinished=True, resume_errored=True, **restore
+        )
+        restored = list(tuner._local_tuner._run_config.callbacks or [])  # noqa: SLF001
+        for old, new in zip(callbacks, restored):
+            if isinstance(old, WandbTrials) and isinstance(new, WandbTrials):
+                new.runs, new.busy_s = list(old.runs), old.busy_s  # the live counts, not the pickled ones
+        callbacks = restored
+        results = tuner.fit()
+    return results, callbacks
 
 
 # ---------------------------------------------------------------- results
@@ -303,8 +381,9 @@ def _scores(r: dict[str, Any], split: str) -> dict[str, Any]:
 def _trial_table(results: Any, stage: str) -> Any:
     import pandas as pd
 
+    trials = results._experiment_analysis.trials  # noqa: SLF001
     df = results.get_dataframe()
-    if df.empty:
+    if df.empty and not trials:
         return df
     keep = [
         c
@@ -328,10 +407,42 @@ def _trial_table(results: Any, stage: str) -> Any:
         )
     ]
     df = df[keep].rename(columns=lambda c: c.replace("config/", "param:"))
+    # A trial that never reported (it failed before its first epoch) has no row yet: every trial gets one.
+    reported = set(df["trial_id"]) if "trial_id" in df else set()
+    missing = [
+        {"trial_id": t.trial_id, **{f"param:{k}": v for k, v in t.config.items()}}
+        for t in trials
+        if t.trial_id not in reported
+    ]
+    if missing:
+        df = pd.concat([df, pd.DataFrame(missing)], ignore_index=True)
     df.insert(0, "stage", stage)
-    errors = {r.metrics.get("trial_id") for r in results if r.error}
-    df["status"] = ["ERROR" if t in errors else "TERMINATED" for t in df["trial_id"]]
+    # Status from Tune's own trial records (a result's metrics can belong to a reused actor's last trial).
+    status = {t.trial_id: t.status for t in trials}
+    limit = {t.trial_id: (t.last_result or {}).get("limit") for t in trials}
+    df["status"] = [
+        "ERROR" if status.get(t) == "ERROR" else LIMIT_STATUS.get(limit[t], "STOPPED") if limit.get(t) else "TERMINATED"
+        for t in df["trial_id"]
+    ]
     return pd.DataFrame(df)
+
+
+def _best(results: Any, metric: str, mode: str) -> Any:
+    """The best trial by its last reported ``metric``, among trials that ran to their end or were stopped by
+    ASHA; errored trials and trials stopped by a limit (their partial scores) are never chosen."""
+    ok = [
+        r
+        for r in results
+        if not r.error
+        and r.metrics
+        and not r.metrics.get("limit")
+        and isinstance(r.metrics.get(metric), int | float)
+        and math.isfinite(r.metrics[metric])
+    ]
+    if not ok:
+        return None
+    pick = max if mode == "max" else min
+    return pick(ok, key=lambda r: r.metrics[metric])
 
 
 def _write_table(df: Any, out: Path) -> None:
@@ -360,19 +471,29 @@ def run_study(
 
     t0 = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if data_dir:
         study = study.model_copy(
             update={"trainer": {**study.trainer, "data": {**study.trainer.get("data", {}), "data_dir": str(data_dir)}}}
         )
     base = study.train_config()
-    write_json(out / "study.json", study.model_dump(mode="json"))
+    # Whatever bad input can fail on comes before the first write, so a failed start leaves nothing behind.
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; choose another --out")
+    if not resume and (out / SEARCH).is_dir() and any((out / SEARCH).iterdir()):
+        raise UserError(
+            f"{out / SEARCH}: a study already ran here; pass --resume to continue it or choose another --out"
+        )
+    ds = load_dataset(base)
+    encoder = build_encoder(base)
     mode = wandb_mode(study.tracking)
     started = connect(address)
     try:
-        ds = load_dataset(base)
+        if started:
+            _check_memory_fits(study)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "study.json", study.model_dump(mode="json"))
         t_enc = time.perf_counter()
-        feats = featurize(ds, build_encoder(base), EmbeddingCache())
+        feats = featurize(ds, encoder, EmbeddingCache())
         encode_s = time.perf_counter() - t_enc
         feats_ref = ray.put(feats)  # one copy in the object store, shared by every trial
         results, cbs = run_search(study, feats_ref, out, resume, mode)
@@ -382,10 +503,11 @@ def run_study(
         _check_interrupted(
             results, wanted if study.budget.time_budget_s is None else 0, out, study.early_stopping.enabled
         )
-        finished = [r for r in results if not r.error and r.metrics and study.objective.metric in r.metrics]
-        if not finished:
-            raise UserError(f"{out / SEARCH}: no trial finished; see the trial errors there")
-        best_r = results.get_best_result(metric=study.objective.metric, mode=study.objective.mode, scope="last")
+        best_r = _best(results, study.objective.metric, study.objective.mode)
+        if best_r is None:
+            stopped = int(search_df["status"].isin(list(LIMIT_STATUS.values())).sum()) if len(search_df) else 0
+            why = f" ({stopped} stopped by limits)" if stopped else ""
+            raise UserError(f"{out / SEARCH}: no trial finished{why}; see the trial errors there")
         best_over = {k: v for k, v in best_r.config.items()}
         from abexrat.study.space import decode_params
         from abexrat.study.trial import trial_overrides
@@ -434,6 +556,11 @@ def run_study(
             },
             "trials": int((table["stage"] != "final").sum()),
             "trials_failed": int(((table["stage"] != "final") & (table["status"] == "ERROR")).sum()),
+            "trials_stopped": {
+                status: int(((table["stage"] != "final") & (table["status"] == status)).sum())
+                for status in LIMIT_STATUS.values()
+            },
+            "limits": study.limits.model_dump(),
             "wall_s": wall,
             "encode_s": encode_s,
             "classes": feats.classes,
@@ -480,15 +607,17 @@ def run_study(
 def _check_interrupted(results: Any, wanted: int, out: Path, early_stopping: bool = False) -> None:
     """Tune returns normally on SIGINT, leaving unfinished trials PENDING/RUNNING in its saved state.
 
-    A trial counts as finished when it reached its final report (``val_accuracy``), unless
-    ASHA may have stopped it early on purpose.
+    A trial counts as finished when it reached its final report (``val_accuracy``), or was stopped by
+    a limit (its last report names the ``limit``), unless ASHA may have stopped it early on purpose.
     """
     trials = results._experiment_analysis.trials  # noqa: SLF001
+
+    def ended(t: Any) -> bool:
+        last = t.last_result or {}
+        return early_stopping or "val_accuracy" in last or bool(last.get("limit"))
+
     unfinished = [
-        t
-        for t in trials
-        if t.status not in ("TERMINATED", "ERROR")
-        or (t.status == "TERMINATED" and not early_stopping and "val_accuracy" not in (t.last_result or {}))
+        t for t in trials if t.status not in ("TERMINATED", "ERROR") or (t.status == "TERMINATED" and not ended(t))
     ]
     if len(trials) < wanted or unfinished:
         done = sum(t.status == "TERMINATED" for t in trials)

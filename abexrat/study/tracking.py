@@ -8,10 +8,12 @@ service (about 0.4 s a run), overlapping the trials still training.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -154,24 +156,40 @@ def log_summary(
         return None
     import wandb
 
-    run = wandb.init(
-        project=tracking.project,
-        entity=tracking.entity,
-        group=study,
-        job_type="summary",
-        name=f"{study}-summary",
-        dir=str(folder),
-        mode=mode,
-        reinit="create_new",
-        settings=wandb.Settings(silent=True, console="off"),
-        config={"study": study},
-    )
-    run.log({"trials": wandb.Table(dataframe=table)})
-    run.summary.update({k: v for k, v in summary.items() if isinstance(v, int | float | str)})
-    if files:
-        art = wandb.Artifact(f"{study}-report", type="report")
-        for f in files:
-            art.add_file(str(f))
-        run.log_artifact(art)
-    run.finish()
+    # wandb stages logged tables and artifact files under its data folder (~/.local/share/wandb by
+    # default): keep those copies inside the study folder unless the user chose a place ($WANDB_DATA_DIR).
+    with _env("WANDB_DATA_DIR", os.environ.get("WANDB_DATA_DIR") or str(Path(folder) / "wandb" / "data")):
+        run = wandb.init(
+            project=tracking.project,
+            entity=tracking.entity,
+            group=study,
+            job_type="summary",
+            name=f"{study}-summary",
+            dir=str(folder),
+            mode=mode,
+            reinit="create_new",
+            settings=wandb.Settings(silent=True, console="off"),
+            config={"study": study},
+        )
+        run.log({"trials": wandb.Table(dataframe=table)})
+        run.summary.update({k: v for k, v in summary.items() if isinstance(v, int | float | str)})
+        if files:
+            art = wandb.Artifact(f"{study}-report", type="report")
+            for f in files:
+                art.add_file(str(f))
+            run.log_artifact(art)
+        run.finish()
     return run.id
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old

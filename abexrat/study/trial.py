@@ -6,7 +6,14 @@ and every trial on every node maps the same arrays, so no trial re-encodes anyth
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import math
+import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -15,6 +22,134 @@ from abexrat.experiment import Features
 from abexrat.study.space import decode_params
 
 SUMMARY_KEYS = ("macro_f1", "weighted_f1", "accuracy")
+LIMIT_STATUS = {"time": "TIMEOUT", "memory": "OOM"}  # a trial's ``limit`` -> its status in trials.parquet
+
+
+class TrialLimitExceeded(Exception):
+    """A trial went past its time or memory limit (``TrialGuard.reason`` says which)."""
+
+
+class _AsyncLimit(TrialLimitExceeded):
+    """Raised inside the training thread by the watchdog when the trial did not stop by itself."""
+
+
+def private_memory() -> int | None:
+    """Bytes of this process's own resident memory: RssAnon on Linux (heap and tensors; the object
+    store's shared pages are not counted), else psutil's RSS, else None (no memory limit then)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil  # type: ignore[import-untyped]
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:
+        return None
+
+
+def _landing() -> None:
+    """A Python-level call: a pending asynchronous exception is raised here at the latest."""
+
+
+class TrialGuard:
+    """Watches one trial's wall time and private memory from a daemon thread.
+
+    Past a limit it records ``reason`` = (kind, detail); the trial notices at its next epoch
+    (``check``). Memory is not waited for: the watchdog raises :class:`_AsyncLimit` inside the
+    training thread at once (between two Python bytecodes, never while Ray's ``report`` runs, see
+    ``quiet``). A trial still running ``kill_after_s`` after that (stuck in one native call) is
+    SIGKILLed; Tune then counts a failure, retried at most ``max_failures`` times.
+    """
+
+    def __init__(
+        self,
+        time_s: float | None,
+        memory_bytes: int | None,
+        poll_s: float = 0.2,
+        grace_s: float = 5.0,
+        kill_after_s: float | None = 30.0,
+        measure: Any = private_memory,
+    ) -> None:
+        self.time_s, self.memory_bytes = time_s, memory_bytes
+        self.poll_s, self.grace_s, self.kill_after_s, self.measure = poll_s, grace_s, kill_after_s, measure
+        self.reason: tuple[str, str] | None = None
+        self.peak_bytes = 0
+        self._target = threading.get_ident()
+        self._lock = threading.Lock()
+        self._armed = True
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0 = time.monotonic()
+
+    def __enter__(self) -> TrialGuard:
+        self._t0 = time.monotonic()
+        self._target = threading.get_ident()
+        if self.time_s is not None or self.memory_bytes is not None:
+            self._thread = threading.Thread(target=self._watch, name="trial-guard", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._lock:  # no interrupt is scheduled after this
+            self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+        _landing()  # one scheduled just before lands here, inside the block, never after it
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._t0
+
+    def check(self) -> None:
+        """Raise :class:`TrialLimitExceeded` if a limit was passed (called between epochs)."""
+        if self.reason is not None:
+            raise TrialLimitExceeded(self.reason[1])
+
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """No asynchronous exception inside this block (Ray's ``report`` must not be cut in half)."""
+        with self._lock:
+            self._armed = False
+        _landing()  # one scheduled just before lands here, outside Ray's code
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._armed = True
+
+    def _breach(self) -> tuple[str, str] | None:
+        if self.memory_bytes is not None and (used := self.measure()) is not None:
+            self.peak_bytes = max(self.peak_bytes, used)
+            if used > self.memory_bytes:
+                return "memory", f"memory {used / 2**30:.2f} GB > limit {self.memory_bytes / 2**30:.2f} GB"
+        if self.time_s is not None and self.elapsed() > self.time_s:
+            return "time", f"time {self.elapsed():.1f} s > limit {self.time_s:g} s"
+        return None
+
+    def _interrupt(self) -> bool:
+        with self._lock:
+            if not self._armed or self._done.is_set():
+                return False
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._target), ctypes.py_object(_AsyncLimit))
+            return True
+
+    def _watch(self) -> None:
+        since: float | None = None
+        interrupted = False
+        while not self._done.wait(self.poll_s):
+            if self.reason is None:
+                self.reason = self._breach()
+                if self.reason is None:
+                    continue
+                since = time.monotonic()
+            waited = time.monotonic() - (since or 0.0)
+            if not interrupted and (self.reason[0] == "memory" or waited >= self.grace_s):
+                interrupted = self._interrupt()
+            elif interrupted and self.kill_after_s is not None and waited >= self.grace_s + self.kill_after_s:
+                os.kill(os.getpid(), signal.SIGKILL)  # stuck in native code: Tune sees a failed trial
 
 
 def trial_overrides(params: dict[str, Any], arms: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -34,10 +169,13 @@ def run_trial(
     seeds: list[int],
     with_test: bool,
     threads: int,
+    limits: dict[str, Any] | None = None,
 ) -> None:
     """Train and report to Tune: per epoch ``val_macro_f1`` (mean over seeds), then the final scores.
 
     Search trials report validation only; ``with_test`` (final and baseline trials) adds test.
+    ``limits`` (``trial_time_s``, ``trial_memory_gb``): past one, the trial stops and reports
+    ``limit`` = "time" | "memory" with the objective as NaN, so it is never chosen.
     """
     import torch
     from ray import tune
@@ -50,18 +188,40 @@ def run_trial(
     st = Study.model_validate(study)
     cfg = st.train_config(trial_overrides(params, arms))
     epochs = cfg.train.epochs
+    limits = limits or {}
+    memory_gb = limits.get("trial_memory_gb")
+    guard = TrialGuard(limits.get("trial_time_s"), int(memory_gb * 2**30) if memory_gb else None)
+    done = 0
 
     def on_epoch(epoch: int, rec: dict[str, list[float]]) -> None:
+        nonlocal done
+        done = epoch
+        guard.check()
         if epoch < epochs:  # the last epoch is reported below with the final scores
-            tune.report(
-                {
-                    "epoch": epoch,
-                    "val_macro_f1": float(np.mean(rec["val_macro_f1"])),
-                    "train_loss": float(np.mean(rec["train_loss"])),
-                }
-            )
+            report = {
+                "epoch": epoch,
+                "val_macro_f1": float(np.mean(rec["val_macro_f1"])),
+                "train_loss": float(np.mean(rec["train_loss"])),
+            }
+            with guard.quiet():
+                tune.report(report)
 
-    result, scores = train_and_score(feats, cfg, seeds, on_epoch=on_epoch)
+    try:
+        with guard:
+            result, scores = train_and_score(feats, cfg, seeds, on_epoch=on_epoch)
+    except TrialLimitExceeded:
+        kind, detail = guard.reason or ("time", "limit")
+        tune.report(
+            {
+                "epoch": done,
+                st.objective.metric: math.nan,  # Tune needs the metric in every result; NaN is never best
+                "limit": kind,
+                "limit_detail": detail,
+                "trial_s": time.perf_counter() - t0,
+                "peak_memory_gb": guard.peak_bytes / 2**30,
+            }
+        )
+        return
     last = result.history[-1]
     final: dict[str, Any] = {
         "epoch": epochs,
