@@ -184,7 +184,9 @@ def test_kill_9_at_random_moments_leaves_old_or_new_artifacts(tmp_path: Path, ti
     _check_run_folder(out, old)
     assert _check_cache(cache) >= 2
     timings = json.loads((out / "metrics.json").read_text())["timings"]
-    assert timings["texts_encoded"] > 0 and timings["texts_cached"] > 0
+    # the corrupted shard's texts were encoded again (the exact partial-hit count is checked in
+    # test_encoders.py::test_a_corrupt_cache_shard_is_dropped_and_rebuilt)
+    assert timings["texts_encoded"] > 0
 
     KILLS.update(
         kills=kills,
