@@ -142,11 +142,16 @@ class DataConfig(Strict):
     )
     aug_ratio: float = Field(1.0, ge=0.0, le=1.0)
     aug_seed: int = Field(0, ge=0, le=MAX_SEED)
+    untitled_copies: bool = Field(
+        False, description="also train on each titled training original without its title (reports with none)"
+    )
 
 
 class EncoderConfig(Strict):
     name: str = "hybrid"
     options: dict[str, Any] = Field(default_factory=dict)
+    # > 0: a report's title counts beside its whole text (see abexrat.embed.embed_texts).
+    title_weight: float = Field(0.0, ge=0.0, le=100.0)
 
     @model_validator(mode="after")
     def _options(self) -> EncoderConfig:

@@ -41,10 +41,23 @@ _AUG_ID = re.compile(r"^(?P<src>.+)-aug-(?P<k>\d+)$")
 _SPACE = re.compile(r"\s+")
 
 
+# A report's title and summary are one text with the title on its first line: the only line
+# break a text can hold (whitespace inside each part is collapsed), so the encoders can weigh the
+# title on its own (``encoder.title_weight``) while every other stage sees a single string.
+TITLE_SEP = "\n"
+
+
 def compose_text(title: str | None, summary: str | None) -> str:
-    """Title and summary as one report: whitespace collapsed, empty parts dropped."""
+    """Title and summary as one report: whitespace collapsed, empty parts dropped, the title
+    (when both are present) on the first line."""
     parts = [_SPACE.sub(" ", p).strip() for p in (title, summary) if p]
-    return " ".join(p for p in parts if p)
+    return TITLE_SEP.join(p for p in parts if p)
+
+
+def split_title(text: str) -> tuple[str, str]:
+    """(title, rest) of a composed text; ("", text) when it has no title line."""
+    title, sep, rest = text.partition(TITLE_SEP)
+    return (title, rest) if sep else ("", text)
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,12 @@ def available_memory() -> int | None:
         return None
 
 
+def fits_in_memory(path: Path) -> bool:
+    """Whether the rows of ``path`` can be held in memory (an estimate from the file's size)."""
+    free = available_memory()
+    return free is None or path.stat().st_size * MEMORY_FACTOR.get(path.suffix.lower(), 4) <= free
+
+
 def _check_fits_in_memory(path: Path) -> None:
     """Refuse, with one line, a file whose rows cannot fit in memory, rather than be killed halfway."""
     need = path.stat().st_size * MEMORY_FACTOR.get(path.suffix.lower(), 4)
@@ -113,7 +132,8 @@ def _check_fits_in_memory(path: Path) -> None:
     if free is not None and need > free:
         raise UserError(
             f"{path}: {path.stat().st_size / 2**30:.1f} GB on disk needs about {need / 2**30:.1f} GB in memory, "
-            f"{free / 2**30:.1f} GB available; split it or use a machine with more memory"
+            f"{free / 2**30:.1f} GB available; split it or use a machine with more memory "
+            "(abexrat predict and evaluate stream such files through Ray Data)"
         )
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from abexrat.data import split_title
 from abexrat.encoders import Encoder, leaves, save_encoder
 from abexrat.io import cache_dir, sha256_bytes, write_bytes
 
@@ -149,9 +150,36 @@ def embed_texts(
 
     ``fit_texts`` are the training originals for encoders that fit (tf-idf); ``progress``
     is called with the number of texts encoded after each chunk.
+
+    With ``enc.title_weight`` w > 0, a text with a title line (see ``abexrat.data.compose_text``)
+    becomes l2(l2(v(text)) + w l2(v(title))): the title counts as much as the whole narrative
+    however long that is. Texts without a title (a bare narrative, a synthetic row) keep l2(v(text)).
     """
     cache = cache or EmbeddingCache()
     stats = stats if stats is not None else EmbedStats()
+    X = _embed_plain(enc, texts, fit_texts, cache, stats, progress)
+    if enc.title_weight <= 0:
+        return X
+    X = _unit(X)
+    titled = [i for i, t in enumerate(texts) if split_title(t)[0]]
+    if titled:
+        T = _embed_plain(enc, [split_title(texts[i])[0] for i in titled], fit_texts, cache, stats, None)
+        X[titled] = _unit(X[titled] + enc.title_weight * _unit(T))
+    return X
+
+
+def _unit(X: np.ndarray) -> np.ndarray:
+    return (X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def _embed_plain(
+    enc: Encoder,
+    texts: list[str],
+    fit_texts: list[str] | None,
+    cache: EmbeddingCache,
+    stats: EmbedStats,
+    progress: Callable[[int], None] | None,
+) -> np.ndarray:
     prepare(enc, fit_texts)
     digests = [text_digest(t) for t in texts]
     outs = []

@@ -47,6 +47,10 @@ class Encoder:
     version: ClassVar[str] = "1"
     needs_fit: ClassVar[bool] = False
     parts: tuple[Encoder, ...] = ()
+    # A titled report's vector is l2(l2(v(text)) + title_weight * l2(v(title))) (``embed_texts``).
+    # Set after construction (``encoder.title_weight``), not an option: it does not change the
+    # vector of any one text, so per-text caches stay valid whatever the weight.
+    title_weight: float = 0.0
 
     def options(self) -> dict[str, Any]:
         return {}
@@ -284,6 +288,7 @@ def save_encoder(enc: Encoder, folder: Path) -> None:
         "dim": enc.dim,
         "options": {k: v for k, v in _init_options(enc).items()},
         "fit": [getattr(leaf, "fit_digest", "") for leaf in leaves(enc)],
+        "title_weight": enc.title_weight,
     }
     with atomic_path(folder / "encoder.safetensors") as tmp:
         save_file(arrays, str(tmp))
@@ -308,6 +313,10 @@ def load_encoder(folder: Path) -> Encoder:
             leaf.fit_digest = digest  # type: ignore[attr-defined]
     if enc.key != meta["key"]:
         raise UserError(f"{meta_path}: encoder key mismatch (saved {meta['key']}, rebuilt {enc.key})")
+    weight = meta.get("title_weight", 0.0)
+    if not isinstance(weight, int | float) or isinstance(weight, bool) or not 0 <= weight <= 100:
+        raise UserError(f"{meta_path}: title_weight must be a number in [0, 100], got {weight!r}")
+    enc.title_weight = float(weight)
     return enc
 
 

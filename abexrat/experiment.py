@@ -21,7 +21,16 @@ import numpy as np
 import yaml
 
 from abexrat.config import TrainConfig
-from abexrat.data import Columns, Dataset, Split, load_osha, load_splits, load_table, select_synthetic
+from abexrat.data import (
+    Columns,
+    Dataset,
+    Split,
+    load_osha,
+    load_splits,
+    load_table,
+    select_synthetic,
+    split_title,
+)
 from abexrat.embed import EmbeddingCache, EmbedStats, embed_texts, fitted_encoder
 from abexrat.encoders import Encoder, load_encoder, make_encoder, save_encoder
 from abexrat.errors import UserError
@@ -87,28 +96,48 @@ class Features:
     y_test: np.ndarray
     encoder_key: str
     stats: EmbedStats
+    # The titled training originals again, embedded without their title (``data.untitled_copies``).
+    X_untitled: np.ndarray | None = None
+    y_untitled: np.ndarray | None = None
 
-    def training_set(self, ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """Originals plus, per class, the first ceil(ratio n) synthetic rows in a seeded order."""
+    def training_set(self, ratio: float, seed: int, untitled: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Originals plus, per class, the first ceil(ratio n) synthetic rows in a seeded order, plus
+        (``untitled``) the titled originals without their title. X (n, dim) float32, y (n,) int64."""
         pool = Split([""] * len(self.y_synth), [""] * len(self.y_synth), self.y_synth, self.synth_sources)
         pick = select_synthetic(pool, len(self.classes), ratio, seed)
-        return (np.concatenate([self.X_train, self.X_synth[pick]]), np.concatenate([self.y_train, self.y_synth[pick]]))
+        Xs, ys = [self.X_train, self.X_synth[pick]], [self.y_train, self.y_synth[pick]]
+        if untitled and self.X_untitled is not None:
+            Xs.append(self.X_untitled)
+            ys.append(self.y_untitled)
+        return np.concatenate(Xs), np.concatenate(ys)
 
 
 def build_encoder(cfg: TrainConfig) -> Encoder:
-    return make_encoder(cfg.encoder.name, **cfg.encoder.options)
+    enc = make_encoder(cfg.encoder.name, **cfg.encoder.options)
+    enc.title_weight = cfg.encoder.title_weight
+    return enc
+
+
+def n_to_embed(ds: Dataset) -> int:
+    """How many texts ``featurize`` embeds (for progress bars)."""
+    titled = sum(1 for t in ds.train.texts if split_title(t)[0])
+    return len(ds.train) + len(ds.synthetic) + len(ds.val) + len(ds.test) + titled
 
 
 def featurize(
     ds: Dataset, enc: Encoder, cache: EmbeddingCache | None = None, progress: Callable[[int], None] | None = None
 ) -> Features:
-    """Embed every split (the tf-idf part fits on training originals only)."""
+    """Embed every split (the tf-idf part fits on training originals only), and the titled training
+    originals once more without their title."""
     stats = EmbedStats()
-    parts = [ds.train, ds.synthetic, ds.val, ds.test]
+    titled = [i for i, t in enumerate(ds.train.texts) if split_title(t)[0]]
+    kept = ds.train.subset(titled)
+    untitled = Split(kept.ids, [split_title(t)[1] for t in kept.texts], kept.labels)
+    parts = [ds.train, ds.synthetic, ds.val, ds.test, untitled]
     texts = [t for p in parts for t in p.texts]
     X = embed_texts(enc, texts, fit_texts=ds.train.texts, cache=cache, stats=stats, progress=progress)
     cuts = np.cumsum([len(p) for p in parts])[:-1]
-    Xtr, Xsy, Xva, Xte = np.split(X, cuts)
+    Xtr, Xsy, Xva, Xte, Xun = np.split(X, cuts)
     return Features(
         ds.classes,
         Xtr,
@@ -122,6 +151,8 @@ def featurize(
         ds.test.labels,
         enc.key,
         stats,
+        Xun,
+        untitled.labels,
     )
 
 
@@ -132,7 +163,7 @@ def train_and_score(
     on_epoch: Callable[[int, dict[str, list[float]]], None] | None = None,
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Train all seeds on the config's training set; score on val and test (test is never used to choose)."""
-    X, y = feats.training_set(cfg.data.aug_ratio, cfg.data.aug_seed)
+    X, y = feats.training_set(cfg.data.aug_ratio, cfg.data.aug_seed, cfg.data.untitled_copies)
     result = fit(X, y, len(feats.classes), cfg, seeds, val=(feats.X_val, feats.y_val), on_epoch=on_epoch)
     scores: dict[str, Any] = {}
     for split, Xs, ys in (("val", feats.X_val, feats.y_val), ("test", feats.X_test, feats.y_test)):
@@ -213,7 +244,7 @@ def run_config(cfg: TrainConfig, out: Path, progress: Any = None) -> dict[str, A
     t0 = time.perf_counter()
     ds = load_dataset(cfg)
     enc = build_encoder(cfg)
-    n_texts = len(ds.train) + len(ds.synthetic) + len(ds.val) + len(ds.test)
+    n_texts = n_to_embed(ds)
     advance = progress.task("encoding", n_texts) if progress else None
     cache = EmbeddingCache()
     feats = featurize(ds, enc, cache, advance)

@@ -20,6 +20,7 @@ from abexrat.data import (
     OSHA_FILES,
     Columns,
     compose_text,
+    split_title,
     load_osha,
     load_table,
     resolve_data_dir,
@@ -45,9 +46,12 @@ def test_osha_splits_load_with_published_counts(osha_dir: Path) -> None:
 
 
 def test_compose_text() -> None:
-    assert compose_text("  A  Title ", " the   summary\n") == "A Title the summary"
-    assert compose_text(None, "only summary") == "only summary"
+    assert compose_text("  A  Title ", " the   summary\n") == "A Title\nthe summary"
+    assert compose_text(None, "only  summary\nline two") == "only summary line two"
+    assert compose_text("A title", None) == "A title"
     assert compose_text("", "") == ""
+    assert split_title("A Title\nthe summary") == ("A Title", "the summary")
+    assert split_title("only summary") == ("", "only summary")
 
 
 def test_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -90,3 +90,26 @@ def test_unknown_encoder_is_a_user_error() -> None:
         make_encoder("bert")
     with pytest.raises(UserError, match="encoder.options"):
         make_encoder("wordllama", colour="red")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_title_weight_adds_the_title_vector_to_titled_texts_only(tmp_path: Path) -> None:
+    titled = "Employee Bitten By Spider\nA crew was excavating a trench when the employee developed a rash"
+    bare = "A crew was excavating a trench when the employee developed a rash"
+    enc = make_encoder("wordllama")
+    plain = embed_texts(enc, [titled, bare], cache=EmbeddingCache(tmp_path))
+    enc.title_weight = 2.0
+    stats = EmbedStats()
+    X = embed_texts(enc, [titled, bare], cache=EmbeddingCache(tmp_path), stats=stats)
+    title_vec = enc.encode(["Employee Bitten By Spider"])[0]
+    assert np.allclose(X[0], _unit(_unit(plain[0]) + 2.0 * _unit(title_vec)), atol=1e-5)
+    assert np.allclose(X[1], plain[1], atol=1e-6)  # no title line: unchanged
+    assert stats.encoded == 1 and stats.cached == 2  # only the title was new to the cache
+    # the weight travels with a saved run's encoder, so predict/evaluate embed the same way
+    save_encoder(enc, tmp_path / "enc")
+    back = load_encoder(tmp_path / "enc")
+    assert back.title_weight == 2.0
+    assert np.allclose(embed_texts(back, [titled], cache=EmbeddingCache(tmp_path)), X[:1], atol=1e-6)

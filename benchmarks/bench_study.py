@@ -1,0 +1,284 @@
+"""What a study costs beyond its training, and how it compares with a naive Ray Tune set-up.
+
+abexrat's study runs through ``abexrat.study.runner.run_study`` exactly as ``abexrat study run`` does
+(tracking on: W&B offline), on a study built from ``studies/quickstart.yaml``'s search space with a
+smaller budget. From its search stage:
+
+- ``study_overhead_fraction`` = 1 - (sum of the trials' in-trial training time ``train_s``) /
+  (search wall time x concurrent trials). The search wall runs from the start of the search stage
+  (Tuner set-up, the trial workers' start-up) to the end of the W&B writes of its trials.
+- trials per hour = trials / search wall time, and the best validation macro-F1.
+- peak memory: the driver (``ru_maxrss``), each trial worker, every process of the study together
+  (polled from /proc every 0.5 s); whether the trials' feature arrays are zero-copy views of the
+  object store.
+
+The naive set-up (``naive_study.py``: stock ``WandbLoggerCallback``, ``reuse_actors=False``, data
+loaded in every trial, seeds trained one after the other) runs the same space, budget, seeds and
+sampler on the same machine in the same process run; ``speedup_vs_naive`` is the ratio of trials per
+hour.
+
+    .venv/bin/python benchmarks/bench_study.py --trials 10 --epochs 4 --json out/study.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, ProcessMemory, load_avg, machine, peak_rss_mb, setup_env, write_json  # noqa: E402
+
+
+def make_study(name: str, trials: int, epochs: int, seeds: int, folder: Path, final_seeds: int = 2) -> Any:
+    """A study file like quickstart.yaml (same base, space, objective, resources, tracking on) with a
+    smaller budget; written to ``folder`` and read back with ``load_study`` as the CLI would."""
+    import yaml
+
+    from abexrat.config import load_yaml
+    from abexrat.study.config import load_study
+
+    quick = load_yaml(REPO / "studies" / "quickstart.yaml")
+    raw = {
+        "name": name,
+        "kind": "search",
+        "seed": quick.get("seed", 0),
+        "base": str(REPO / "studies" / quick["base"]),
+        "trainer": {"train": {"epochs": epochs}},
+        "space": quick["space"],
+        "objective": quick.get("objective", {}),
+        "budget": {"num_samples": trials},
+        "seeds_per_trial": seeds,
+        "resources": quick.get("resources", {"cpu": 1, "gpu": 0}),
+        "final": {"seeds": final_seeds},
+        "baselines": {},
+        "tracking": {"wandb": True, "project": "abexrat-bench", "mode": "offline"},
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return load_study(path)
+
+
+class _Timeline:
+    """Wraps the runner's stages to time them (run_study itself is not changed)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, float, float]] = []
+
+    def wrap(self, module: Any, name: str) -> None:
+        fn = getattr(module, name)
+
+        def timed(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.events.append((name, t0, time.perf_counter()))
+
+        setattr(module, name, timed)
+
+    def first(self, name: str) -> tuple[float, float]:
+        return next((t0, t1) for n, t0, t1 in self.events if n == name)
+
+
+def _trial_clock() -> Any:
+    """A Tune callback noting, in the driver, when each trial starts, reports and ends."""
+    from ray.tune import Callback
+
+    class TrialClock(Callback):
+        def __init__(self) -> None:
+            self.events: list[tuple[str, str, float]] = []
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.events.append(("start", trial.trial_id, time.perf_counter()))
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            self.events.append(("result", trial.trial_id, time.perf_counter()))
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.events.append(("complete", trial.trial_id, time.perf_counter()))
+
+    return TrialClock()
+
+
+def busy_profile(clock: Any, t0: float, t1: float, slots: int, df: Any) -> dict[str, Any]:
+    """Where the search stage's slot-seconds went: training, the rest of the trial function, the
+    time between Tune starting a trial and its function running (worker start-up, imports, the
+    features' ray.get), slots idle before the first trial, between trials and in the tail."""
+    starts = {tid: t for ev, tid, t in clock.events if ev == "start"}
+    ends = {tid: t for ev, tid, t in clock.events if ev == "complete"}
+    firsts: dict[str, float] = {}
+    for ev, tid, t in clock.events:
+        if ev == "result" and tid not in firsts:
+            firsts[tid] = t
+    rows = {str(r["trial_id"]): r for _, r in df.iterrows()}
+    occupied = sum(ends[t] - starts[t] for t in starts if t in ends)
+    in_fn = sum(float(rows[t]["trial_s"]) for t in starts if t in rows and t in ends)
+    train = sum(float(rows[t]["train_s"]) for t in starts if t in rows and t in ends)
+    total = (t1 - t0) * slots
+    first = min(starts.values()) - t0 if starts else None
+    return {
+        "slot_seconds": total,
+        "training": train,
+        "trial_fn_outside_training": in_fn - train,
+        "tune_in_trial_outside_fn": occupied - in_fn,
+        "slots_idle": total - occupied,
+        "first_trial_start_s": first,
+        "last_trial_end_to_stage_end_s": t1 - max(ends.values()) if ends else None,
+        "per_trial": [
+            {
+                "trial_id": t,
+                "start_s": round(starts[t] - t0, 3),
+                "first_result_s": round(firsts.get(t, float("nan")) - t0, 3),
+                "end_s": round(ends.get(t, float("nan")) - t0, 3),
+                "trial_s": round(float(rows[t]["trial_s"]), 3) if t in rows else None,
+                "train_s": round(float(rows[t]["train_s"]), 3) if t in rows else None,
+            }
+            for t in sorted(starts, key=starts.get)
+        ],
+    }
+
+
+def _zero_copy_check(ref: Any) -> dict[str, Any]:
+    """In a Ray worker: are the features read from the object store views of shared memory?"""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def probe(feats: Any) -> dict[str, Any]:
+        x = feats.X_train
+        return {"writeable": bool(x.flags.writeable), "owns_data": bool(x.flags.owndata), "mb": x.nbytes / 2**20}
+
+    return ray.get(probe.remote(ref))
+
+
+def run_ours(study: Any, out: Path) -> dict[str, Any]:
+    import pandas as pd
+    import ray
+
+    import abexrat.study.runner as runner
+
+    timeline = _Timeline()
+    for name in ("run_search", "run_final", "_close"):
+        if hasattr(runner, name):
+            timeline.wrap(runner, name)
+    clock = _trial_clock()
+    real_callbacks = runner._callbacks  # noqa: SLF001
+
+    def callbacks(total: int, label: str, st: Any, job: str, *a: Any, **k: Any) -> list[Any]:
+        return [*real_callbacks(total, label, st, job, *a, **k), *([clock] if job != "final" else [])]
+
+    runner._callbacks = callbacks  # noqa: SLF001
+    # run_study puts the features into the object store: keep the ref to check how trials see them.
+    refs: list[Any] = []
+    real_put = ray.put
+
+    def put(value: Any, *a: Any, **k: Any) -> Any:
+        ref = real_put(value, *a, **k)
+        refs.append(ref)
+        return ref
+
+    t0 = time.perf_counter()
+    runner.connect(None)  # as run_study would; run_study then leaves Ray up for the checks below
+    ray_init_s = time.perf_counter() - t0
+    concurrent = runner._max_concurrent(study)  # noqa: SLF001
+    ray.put = put
+    try:
+        with ProcessMemory() as mem:
+            t1 = time.perf_counter()
+            summary = runner.run_study(study, out, report=False)
+            study_s = time.perf_counter() - t1
+        zero_copy = _zero_copy_check(refs[0]) if refs else None
+    finally:
+        ray.put = real_put
+        runner._callbacks = real_callbacks  # noqa: SLF001
+        ray.shutdown()
+    s0, s1 = timeline.first("run_search")
+    close_after = [t1_ for n, t0_, t1_ in timeline.events if n == "_close" and t0_ >= s1]
+    search_end = close_after[0] if close_after else s1  # the W&B writes of the search trials drained
+    search_wall = search_end - s0
+    df = pd.read_parquet(out / "trials.parquet")
+    search = df[df["stage"] == "search"]
+    ok = search[search["status"] == "TERMINATED"]
+    train_s = float(ok["train_s"].astype(float).sum())
+    trial_s = float(ok["trial_s"].astype(float).sum())
+    f0, f1 = timeline.first("run_final")
+    return {
+        "concurrent_trials": concurrent,
+        "trials": len(ok),
+        "trials_failed": len(search) - len(ok),
+        "search_wall_s": search_wall,
+        "search_tune_s": s1 - s0,
+        "search_wandb_drain_s": search_end - s1,
+        "sum_train_s": train_s,
+        "sum_trial_s": trial_s,
+        "study_overhead_fraction": 1 - train_s / (search_wall * concurrent),
+        "tune_overhead_fraction": 1 - trial_s / (search_wall * concurrent),
+        "trials_per_hour": len(ok) / search_wall * 3600,
+        "best_val_macro_f1": float(ok["val_macro_f1"].astype(float).max()),
+        "final_stage_s": f1 - f0,
+        "ray_init_s": ray_init_s,
+        "study_wall_s": study_s,
+        "encode_s": summary.get("encode_s"),
+        "wandb": {k: summary.get("tracking", {}).get(k) for k in ("mode", "runs", "busy_s", "driver_wait_s")},
+        "search_profile_s": busy_profile(clock, s0, search_end, concurrent, ok),
+        "memory": {**mem.summary(), "driver_peak_rss_mb": round(peak_rss_mb(), 1)},
+        "features_zero_copy": zero_copy,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trials", type=int, default=10, help="search trials (num_samples), both set-ups")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--seeds", type=int, default=2, help="seeds per trial")
+    p.add_argument("--which", choices=["both", "ours", "naive"], default="both")
+    p.add_argument("--keep", type=Path, default=None, help="keep the study folders here")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    setup_env()
+    # Always a fresh local Ray: without an address, ray.init() joins any cluster `ray start`ed on
+    # this machine (another job's), which would measure that cluster instead.
+    os.environ["RAY_ADDRESS"] = "local"
+    res: dict[str, Any] = {
+        "config": {"trials": args.trials, "epochs": args.epochs, "seeds_per_trial": args.seeds},
+        "machine": machine(),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.keep or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        if args.which in ("both", "ours"):
+            study = make_study("bench-abexrat", args.trials, args.epochs, args.seeds, root)
+            res["abexrat"] = run_ours(study, root / "abexrat")
+            res["load_avg_after_abexrat"] = load_avg()
+        if args.which in ("both", "naive"):
+            import ray
+            from naive_study import run_naive
+
+            study = make_study("bench-naive", args.trials, args.epochs, args.seeds, root)
+            import abexrat.study.runner as runner
+
+            runner.connect(None)
+            try:
+                conc = runner._max_concurrent(study)  # noqa: SLF001
+                res["naive"] = run_naive(study, root / "naive", conc)
+            finally:
+                ray.shutdown()
+            res["naive"].pop("_ray_up", None)
+            n = res["naive"]
+            n["trials_per_hour"] = n["trials"] / n["search_wall_s"] * 3600
+            n["study_overhead_fraction"] = 1 - n["sum_train_s"] / (n["search_wall_s"] * conc)
+            res["load_avg_after_naive"] = load_avg()
+    if "abexrat" in res and "naive" in res:
+        a, n = res["abexrat"], res["naive"]
+        res["speedup_vs_naive"] = a["trials_per_hour"] / n["trials_per_hour"]
+        res["best_val_macro_f1"] = {"abexrat": a["best_val_macro_f1"], "naive": n["best_val_macro_f1"]}
+    write_json(args.json, res)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    main()

@@ -1,0 +1,353 @@
+"""The trainer's FLOP/s against a plain torch matmul benchmark of the same shapes.
+
+The trainer (``abexrat.train.fit``: S seeds as one batched MLP, focal loss, the adversarial method,
+a validation pass per epoch) trains on the OSHA features of the baseline recipe
+(``studies/baseline.yaml``, by default with ``data.aug_ratio=1``: 6,361 x 640 inputs).
+
+FLOPs are counted, not estimated: one extra run of the same fit (same seeds, so the same batches
+and the same RAT coins) under a ``TorchDispatchMode`` records every matrix product torch executes
+(mm / bmm / baddbmm / addmm, in place and out= forms included) with its shapes and strides, at
+2·m·n·k per product and batch member. The analytic count (forward 2·m·n·k per layer; backward
+the weight gradient plus the input gradient of every layer but the first, and the first layer's
+input gradient only on steps where the method needs x-gradients) is reported beside it.
+
+The floor replays that census: each distinct call (op, shapes, strides) runs alone in a tight
+loop, and the floor time is the sum over calls of count x time per call. So
+
+    trainer_flops_fraction = floor time / trainer time = trainer FLOP/s / floor FLOP/s
+
+for exactly the products the trainer computes. RAT skips the attacked pass of the members whose
+coin is down (their term is multiplied by 0): fewer FLOPs, and a lower FLOP/s for the same speed-up.
+``time_fraction_vs_every_member_floor`` credits that: the floor time of the products a trainer
+attacking with every member would compute, over the trainer's time. Trainer runs and floor replays alternate
+(``--repeats`` rounds) and the best of each is used; the median of the per-round ratios is
+reported too. With 1 thread, time is this process's CPU time (robust to other processes on the
+machine; on a quiet machine it equals wall time); with more threads, wall time.
+
+    .venv/bin/python benchmarks/bench_trainer.py --json out/trainer.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, machine, setup_env, write_json  # noqa: E402
+
+MATMULS = {"mm", "bmm", "baddbmm", "baddbmm_", "addmm", "addmm_", "addbmm", "addbmm_", "matmul"}
+
+
+def load_features(aug_ratio: float, synthetic: bool) -> tuple[Any, ...]:
+    """(X, y, X_val, y_val, n_classes, cfg) for the baseline recipe."""
+    import numpy as np
+
+    from abexrat.config import load_train_config
+
+    cfg = load_train_config(REPO / "studies" / "baseline.yaml", [f"data.aug_ratio={aug_ratio}"])
+    if synthetic:
+        rng = np.random.default_rng(0)
+        X = rng.normal(size=(6361, 640)).astype(np.float32)
+        y = rng.integers(0, 7, 6361)
+        return X, y, X[:447].copy(), y[:447].copy(), 7, cfg
+    from abexrat.embed import EmbeddingCache
+    from abexrat.experiment import build_encoder, featurize, load_dataset
+
+    feats = featurize(load_dataset(cfg), build_encoder(cfg), EmbeddingCache())
+    X, y = feats.training_set(cfg.data.aug_ratio, cfg.data.aug_seed)
+    return X, y, feats.X_val, feats.y_val, len(feats.classes), cfg
+
+
+def census(run: Any) -> tuple[Counter, int]:
+    """Run ``run()`` recording every matmul-family call: {(op, operands' shapes/strides, scalars): count}."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls: Counter = Counter()
+
+    def meta(a: Any) -> Any:
+        if isinstance(a, torch.Tensor):
+            return ("T", tuple(a.shape), tuple(a.stride()), str(a.dtype))
+        if isinstance(a, list | tuple):
+            return tuple(meta(x) for x in a)
+        return a
+
+    class Census(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            if func.overloadpacket.__name__ in MATMULS:
+                calls[(func, meta(tuple(args)), tuple(sorted((k, meta(v)) for k, v in kwargs.items())))] += 1
+            return func(*args, **kwargs)
+
+    with Census():
+        run()
+    return calls, sum(flops_of(k) * n for k, n in calls.items())
+
+
+def _operands(key: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The two matrix operands' shapes of a recorded call."""
+    func, args, kwargs = key
+    name = func.overloadpacket.__name__
+    tensors = [a for a in args if isinstance(a, tuple) and a and a[0] == "T"]
+    if name in ("mm", "bmm", "matmul"):
+        return tensors[0][1], tensors[1][1]
+    return tensors[1][1], tensors[2][1]  # (add)(b)mm: self, then the two factors
+
+
+def flops_of(key: Any) -> int:
+    """2·m·k·n per product (times the batch for 3-d operands)."""
+    a, b = _operands(key)
+    batch = a[0] if len(a) == 3 else 1
+    return 2 * batch * a[-2] * a[-1] * b[-1]
+
+
+def replay_time(calls: Counter, threads: int, min_s: float = 0.02) -> tuple[float, list[dict[str, Any]]]:
+    """Floor: each distinct call alone in a tight loop; returns (sum of count x seconds per call, rows)."""
+    import torch
+
+    use_cpu = threads == 1
+    clock = time.process_time if use_cpu else time.perf_counter
+    total, rows = 0.0, []
+    for key, count in calls.items():
+        func, args, kwargs = key
+
+        def build(a: Any) -> Any:
+            if isinstance(a, tuple) and a and a[0] == "T":
+                _, shape, stride, dtype = a
+                size = 1 + sum((n - 1) * st for n, st in zip(shape, stride)) if all(shape) else 0
+                flat = torch.empty(size, dtype=getattr(torch, dtype.split(".")[-1]))
+                flat = flat.normal_() if flat.is_floating_point() else flat.zero_()
+                return flat.as_strided(shape, stride)  # the same layout, broadcast (0) strides included
+            if isinstance(a, tuple):
+                return tuple(build(x) for x in a)
+            return a
+
+        real_args = [build(a) for a in args]
+        real_kwargs = {k: build(v) for k, v in kwargs}
+        func(*real_args, **real_kwargs)  # warm
+        n, spent = 1, 0.0
+        while True:  # grow the loop until it runs long enough to time
+            t0 = clock()
+            for _ in range(n):
+                func(*real_args, **real_kwargs)
+            spent = clock() - t0
+            if spent >= min_s:
+                break
+            n *= 4
+        per_call = spent / n
+        total += per_call * count
+        rows.append(
+            {
+                "op": str(func),
+                "operands": [list(s) for s in _operands(key)],
+                "calls": count,
+                "us_per_call": round(per_call * 1e6, 2),
+                "gflops": round(flops_of(key) / per_call / 1e9, 1),
+            }
+        )
+    rows.sort(key=lambda r: -r["calls"] * r["us_per_call"])
+    return total, rows
+
+
+def analytic_flops(dims: list[int], S: int, steps: list[tuple[int, int]], method: str, epochs: int, n_val: int) -> Any:
+    """The count from the layer shapes: per member and step of b rows, forward 2·b·a·c per layer;
+    backward the weight gradients (the same again) and the input gradients of every layer but the
+    first; on an attacked step, for each attacking member (RAT: those whose coin came up), the first
+    layer's input gradient (methods that take x-gradients) and a second pass (forward + backward)
+    at x + r. ``steps``: (rows, attacking members) of every step, in order."""
+    x_grad = {"none": False, "rat": True, "fgm": True, "dpaat": True, "gaussian": False}
+    if method not in x_grad:
+        return None  # pgd and others: more passes than this simple count knows
+
+    def fwd(rows: int, layers: range) -> int:  # one member
+        return sum(2 * rows * dims[i] * dims[i + 1] for i in layers)
+
+    L = len(dims) - 1
+    every, deep, first = range(L), range(1, L), range(0, 1)
+
+    def one_pass(b: int) -> int:  # forward, weight gradients, input gradients of the deeper layers
+        return 2 * fwd(b, every) + fwd(b, deep)
+
+    clean = sum(S * one_pass(b) for b, _ in steps)
+    attack = sum(k * (one_pass(b) + (fwd(b, first) if x_grad[method] else 0)) for b, k in steps)
+    val = epochs * S * fwd(n_val, every)
+    return {"clean": clean, "attack": attack, "validation": val, "total": clean + attack + val}
+
+
+def bench(method: str, S: int, threads: int, epochs: int, repeats: int, data: tuple[Any, ...]) -> dict[str, Any]:
+    import torch
+
+    from abexrat.config import TrainConfig
+    from abexrat.train import fit
+
+    X, y, Xv, yv, C, base = data
+    cfg = TrainConfig.model_validate(
+        {
+            **base.model_dump(),
+            "train": {**base.train.model_dump(), "epochs": epochs},
+            "adversarial": {**base.adversarial.model_dump(), "method": method},
+        }
+    )
+    torch.set_num_threads(threads)
+    seeds = list(range(S))
+    hits: list[int] = []  # per step: members that attack (0: no attack)
+
+    def count_attacks(m: Any) -> None:
+        from abexrat.train import attackers
+
+        plan = m.plan
+
+        def counted() -> bool:
+            hit = plan()
+            up = attackers(m, S)
+            hits.append(0 if not hit else S if up is None else len(up))
+            return hit
+
+        m.plan = counted
+
+    def run() -> float:
+        use_cpu = threads == 1
+        clock = time.process_time if use_cpu else time.perf_counter
+        t0 = clock()
+        fit(X, y, C, cfg, seeds, val=(Xv, yv))
+        return clock() - t0
+
+    calls, flops = census(lambda: fit(X, y, C, cfg, seeds, val=(Xv, yv), method_hook=count_attacks))
+    # RAT skips the attacked pass of members whose coin is down (the same result, fewer FLOPs): the
+    # matmuls every member would run otherwise, replayed too, tell how close the time is to that floor.
+    import abexrat.train as train_module
+
+    real_attackers = train_module.attackers
+    train_module.attackers = lambda method, n: None
+    try:
+        full_calls, full_flops = census(lambda: fit(X, y, C, cfg, seeds, val=(Xv, yv)))
+    finally:
+        train_module.attackers = real_attackers
+    run()  # warm-up: first-call allocations, MKL and thread-pool start-up
+    trainer, floor, full_floor, rows = [], [], [], []
+    for _ in range(repeats):
+        trainer.append(run())
+        f, rows = replay_time(calls, threads)
+        floor.append(f)
+        if full_flops != flops:
+            full_floor.append(replay_time(full_calls, threads)[0])
+    best_t, best_f = min(trainer), min(floor)
+    dims = [X.shape[1], *cfg.model.hidden, C]
+    B, n = cfg.train.batch_size, len(X)
+    steps = [(min(B, n - start), hit) for (start, hit) in zip([s for _ in range(epochs) for s in range(0, n, B)], hits)]
+    return {
+        "method": method,
+        "seeds": S,
+        "threads": threads,
+        "epochs": epochs,
+        "batch_size": cfg.train.batch_size,
+        "inputs": list(X.shape),
+        "dims": dims,
+        "clock": "process CPU time" if threads == 1 else "wall time",
+        "steps": len(steps),
+        "attack_steps": sum(k > 0 for _, k in steps),
+        "attacking_member_steps": sum(k for _, k in steps),
+        "flops_counted": flops,
+        "flops_analytic": analytic_flops(dims, S, steps, method, epochs, len(Xv)),
+        "trainer_s": trainer,
+        "floor_s": floor,
+        "trainer_gflops": flops / best_t / 1e9,
+        "floor_gflops": flops / best_f / 1e9,
+        "trainer_flops_fraction": best_f / best_t,
+        "fraction_median_of_rounds": statistics.median(f / t for f, t in zip(floor, trainer)),
+        "flops_if_every_member_attacked": full_flops,
+        "time_fraction_vs_every_member_floor": (min(full_floor) if full_floor else best_f) / best_t,
+        "s_per_epoch": best_t / epochs,
+        "floor_calls": rows[:8],
+    }
+
+
+def gradient_check(data: tuple[Any, ...]) -> dict[str, float]:
+    """The hand-written backward (EnsembleLoss) against autograd on one real batch of the baseline recipe."""
+    import torch
+
+    from abexrat.model import EnsembleLoss, EnsembleMLP, focal_loss
+
+    X, y, _, _, C, cfg = data
+    torch.manual_seed(0)
+    S, B = 3, cfg.train.batch_size
+    m = EnsembleMLP(S, X.shape[1], cfg.model.hidden, C, cfg.model.dropout)
+    m.reset([0, 1, 2])
+    idx = torch.stack([torch.randperm(len(X))[:B] for _ in range(S)])
+    xb, yb = torch.from_numpy(X)[idx], torch.from_numpy(y)[idx].long()
+    masks = m.dropout_masks(B, [torch.Generator().manual_seed(s) for s in range(S)])
+    shift = torch.randn(C) * 0.1
+    r = torch.randn_like(xb) * 0.05
+    coins = torch.tensor([1.0, 0.0, 1.0])
+    gamma = cfg.loss.gamma
+
+    def ref_loss(z: torch.Tensor) -> torch.Tensor:
+        return focal_loss(m(z, masks) + shift, yb, gamma)
+
+    xa = xb.clone().requires_grad_(True)
+    clean = ref_loss(xa)
+    (gx_ref,) = torch.autograd.grad(clean.sum(), xa, retain_graph=True)
+    ref = torch.autograd.grad((clean.mean(-1) + coins * ref_loss(xb + r).mean(-1)).sum(), list(m.parameters()))
+    el = EnsembleLoss(m, shift, gamma)
+    xh = xb.clone().requires_grad_(True)
+    c2 = el(xh, yb, masks)
+    (gx,) = torch.autograd.grad(c2.sum(), xh, retain_graph=True)
+    el.backward(c2.mean(-1) + coins * el(xb + r, yb, masks).mean(-1))
+    rel = [float((p.grad - g).norm() / g.norm()) for p, g in zip(m.parameters(), ref)]
+    out = {
+        "loss_max_abs_diff": float((c2 - clean).detach().abs().max()),
+        "x_grad_rel_err": float((gx - gx_ref).norm() / gx_ref.norm()),
+        "param_grad_max_rel_err": max(rel),
+    }
+    el.release()
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", default="rat,none", help="adversarial methods, comma-separated (first: headline)")
+    p.add_argument("--threads", default="1,2", help="torch threads, comma-separated (first: headline)")
+    p.add_argument("--seeds", type=int, default=3, help="S: seeds trained as one batched model")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="alternating trainer / floor rounds")
+    p.add_argument("--aug-ratio", type=float, default=1.0, help="data.aug_ratio (1: all 6,361 training rows)")
+    p.add_argument("--synthetic", action="store_true", help="random inputs of the same shape (no OSHA files)")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    setup_env()
+    data = load_features(args.aug_ratio, args.synthetic)
+    runs = []
+    for threads in [int(t) for t in args.threads.split(",")]:
+        for method in args.methods.split(","):
+            r = bench(method, args.seeds, threads, args.epochs, args.repeats, data)
+            print(
+                f"{method:5s} S={r['seeds']} threads={threads}: {r['s_per_epoch']:.3f} s/epoch, "
+                f"{r['trainer_gflops']:.1f} GFLOP/s vs floor {r['floor_gflops']:.1f} "
+                f"-> {r['trainer_flops_fraction']:.2f}",
+                file=sys.stderr,
+            )
+            runs.append(r)
+    head = runs[0]
+    write_json(
+        args.json,
+        {
+            "machine": machine(),
+            "trainer_flops_fraction": head["trainer_flops_fraction"],
+            "trainer_gflops": head["trainer_gflops"],
+            "floor_gflops": head["floor_gflops"],
+            "headline": {k: head[k] for k in ("method", "seeds", "threads", "inputs", "clock")},
+            "gradient_check": gradient_check(data),
+            "runs": runs,
+        },
+    )
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    main()

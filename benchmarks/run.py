@@ -1,0 +1,135 @@
+"""All the benchmarks, one JSON: study overhead, speedup over a naive set-up, trainer FLOP/s, embedding
+throughput, peak memory. Each benchmark runs in its own process (clean memory peaks, one Ray at a time).
+
+    .venv/bin/python benchmarks/run.py --quick --json out/bench.json     # under 10 minutes on 2 cores
+    .venv/bin/python benchmarks/run.py --json out/bench.json             # the quickstart's full budget
+
+Headline keys (the issue's targets in ``targets``):
+
+- ``study_overhead_fraction``: 1 - sum of in-trial training time / (search wall time x concurrent
+  trials), abexrat's study with W&B tracking on (offline). Target <= 0.10.
+- ``speedup_vs_naive``: trials per hour of abexrat's study / those of the naive set-up, same space,
+  budget, seeds and machine, in this run; ``best_val_macro_f1`` of each. Target >= 3, F1 not lower.
+- ``trainer_flops_fraction``: the trainer's FLOP/s / a tight-loop replay of the same matmuls. Target >= 0.70.
+- ``embedding_texts_per_s``: per encoder (hf-* are toy random-weight models).
+- ``peak_rss_mb``: the study's driver, a trial worker, and all its processes together. Target <= 4096.
+
+The machine's load average is recorded before and after each benchmark: numbers taken while other
+jobs run are slower and noisier (see ``load_avg``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import load_avg, machine, setup_env, write_json  # noqa: E402
+
+QUICK = {
+    "trainer": ["--methods", "rat,none", "--threads", "1", "--epochs", "3", "--repeats", "2"],
+    "embed": ["--hf-texts", "500"],
+    "study": ["--trials", "32", "--epochs", "8", "--seeds", "2"],
+}
+FULL = {
+    "trainer": ["--methods", "rat,none", "--threads", "1,2", "--epochs", "4", "--repeats", "4"],
+    "embed": ["--hf-texts", "2000"],
+    "study": ["--trials", "20", "--epochs", "20", "--seeds", "2"],
+}
+
+
+def run_one(name: str, args: list[str], folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    out = folder / f"{name}.json"
+    cmd = [sys.executable, str(HERE / f"bench_{name}.py"), *args, "--json", str(out)]
+    print(f"== {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    before, t0 = load_avg(), time.perf_counter()
+    proc = subprocess.run(cmd, check=False)
+    info = {
+        "command": " ".join(
+            ["python", *[str(Path(c).relative_to(HERE.parent)) if c.startswith(str(HERE)) else c for c in cmd[1:-2]]]
+        ),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "load_avg_before": before,
+        "load_avg_after": load_avg(),
+        "returncode": proc.returncode,
+    }
+    if proc.returncode != 0 or not out.is_file():
+        return {}, info
+    return json.loads(out.read_text()), info
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a smaller budget: under 10 minutes on 2 cores")
+    p.add_argument("--only", default="trainer,embed,study", help="benchmarks to run, comma-separated")
+    p.add_argument("--json", default=None, help="write the results here (else print them)")
+    args = p.parse_args()
+    setup_env()
+    plan = QUICK if args.quick else FULL
+    t0 = time.perf_counter()
+    res: dict[str, Any] = {}
+    runs: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.only.split(","):
+            res[name], runs[name] = run_one(name, plan[name], Path(tmp))
+    trainer, embed, study = res.get("trainer", {}), res.get("embed", {}), res.get("study", {})
+    ours, naive = study.get("abexrat", {}), study.get("naive", {})
+    mem = ours.get("memory", {})
+    by_role = mem.get("by_role", {})
+    out: dict[str, Any] = {
+        "quick": args.quick,
+        "study_overhead_fraction": ours.get("study_overhead_fraction"),
+        "speedup_vs_naive": study.get("speedup_vs_naive"),
+        "best_val_macro_f1": study.get("best_val_macro_f1"),
+        "trials_per_hour": {"abexrat": ours.get("trials_per_hour"), "naive": naive.get("trials_per_hour")},
+        "trainer_flops_fraction": trainer.get("trainer_flops_fraction"),
+        "trainer_gflops": trainer.get("trainer_gflops"),
+        "floor_gflops": trainer.get("floor_gflops"),
+        "embedding_texts_per_s": embed.get("embedding_texts_per_s"),
+        "peak_rss_mb": {
+            "driver": mem.get("driver_peak_rss_mb"),
+            "trial": by_role.get("trial", {}).get("peak_rss_mb"),
+            "trial_private": by_role.get("trial", {}).get("peak_private_mb"),
+            "study_total": mem.get("peak_total_rss_mb"),
+        },
+        "features_zero_copy": ours.get("features_zero_copy"),
+    }
+    checks = {
+        "study_overhead_fraction": (out["study_overhead_fraction"], "<=", 0.10),
+        "speedup_vs_naive": (out["speedup_vs_naive"], ">=", 3.0),
+        "trainer_flops_fraction": (out["trainer_flops_fraction"], ">=", 0.70),
+        "peak_rss_mb.study_total": (out["peak_rss_mb"]["study_total"], "<=", 4096),
+    }
+    f1 = out["best_val_macro_f1"] or {}
+    out["targets"] = {
+        k: {"value": v, "target": f"{op} {t}", "met": None if v is None else (v <= t if op == "<=" else v >= t)}
+        for k, (v, op, t) in checks.items()
+    }
+    if f1.get("abexrat") is not None and f1.get("naive") is not None:
+        out["targets"]["best_val_macro_f1_not_lower"] = {
+            "value": f1,
+            "target": "abexrat >= naive",
+            "met": f1["abexrat"] >= f1["naive"],
+        }
+    out["machine"] = machine()
+    out["benchmarks"] = runs
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    out["details"] = res
+    write_json(args.json, out)
+    failed = [k for k, r in runs.items() if r["returncode"] != 0]
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    main()
