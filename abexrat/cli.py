@@ -38,6 +38,14 @@ err = Console(stderr=True)
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="OSHA files folder (else $ABEXRAT_DATA_DIR, else the cache)")
 ]
+StreamFlag = Annotated[
+    bool,
+    typer.Option(
+        "--stream",
+        help="read the file through Ray Data in batches (automatic when it would not fit in memory; "
+        ".jsonl, .csv or .parquet)",
+    ),
+]
 
 
 class Progress:
@@ -134,13 +142,13 @@ def embed(
 ) -> None:
     """Embed every split of the dataset into the cache (a rerun encodes nothing it has seen)."""
     from abexrat.config import load_train_config
-    from abexrat.experiment import build_encoder, featurize, load_dataset
+    from abexrat.experiment import build_encoder, featurize, load_dataset, n_to_embed
 
     sets = ([f"encoder.name={encoder}"] if encoder else []) + ([f"data.data_dir={data_dir}"] if data_dir else [])
     cfg = load_train_config(config, sets)
     ds = load_dataset(cfg)
     enc = build_encoder(cfg)
-    n = len(ds.train) + len(ds.synthetic) + len(ds.val) + len(ds.test)
+    n = n_to_embed(ds)
     t0 = time.perf_counter()
     with progress() as bar:
         feats = featurize(ds, enc, progress=bar.task(f"encoding with {cfg.encoder.name}", n))
@@ -219,17 +227,24 @@ def evaluate(
         str | None, typer.Option(help="column with the whole text (default: title + summary)")
     ] = None,
     label_column: Annotated[str, typer.Option(help="column with the label")] = "gold",
+    stream: StreamFlag = False,
 ) -> None:
     """Score a run's seed models on any labeled dataset with the same classes."""
     import numpy as np
 
     from abexrat.embed import embed_texts
     from abexrat.experiment import load_run
-    from abexrat.io import write_json
-    from abexrat.metrics import score
+    from abexrat.metrics import score, score_confusion
     from abexrat.train import predict_proba
 
     run = load_run(run_dir)
+    if _should_stream(data, stream):
+        from abexrat.stream import stream_confusion
+
+        with out.status(f"streaming {data.name} through Ray Data"):
+            conf, n = stream_confusion(run_dir, data, len(run.classes), text_column, label_column)
+        _print_scores(run, data, n, score_confusion(conf, run.classes), json_out)
+        return
     ids, texts, rows = _read_unlabeled(data, text_column)
     index = {c: k for k, c in enumerate(run.classes)}
     y = []
@@ -242,10 +257,16 @@ def evaluate(
     with progress() as bar:
         X = embed_texts(run.encoder, texts, progress=bar.task("encoding", len(texts)))
     s = score(np.asarray(y), predict_proba(run.model, X).argmax(-1), run.classes)
+    _print_scores(run, data, len(texts), s, json_out)
+
+
+def _print_scores(run: Any, data: Path, n: int, s: dict[str, Any], json_out: Path | None) -> None:
+    from abexrat.io import write_json
+
     result = {
-        "run": str(run_dir),
+        "run": str(run.folder),
         "data": str(data),
-        "n": len(texts),
+        "n": n,
         "seeds": run.seeds,
         **{k: s[k]["mean"] for k in ("macro_f1", "weighted_f1", "accuracy")},
         "std": {k: s[k]["std"] for k in ("macro_f1", "weighted_f1", "accuracy")},
@@ -253,7 +274,7 @@ def evaluate(
             c: {k: v["mean"] if isinstance(v, dict) else v for k, v in d.items()} for c, d in s["per_class"].items()
         },
     }
-    table = Table(title=f"{data.name}: {len(texts)} reports, mean over {len(run.seeds)} seed(s)")
+    table = Table(title=f"{data.name}: {n} reports, mean over {len(run.seeds)} seed(s)")
     for col in ("class", "precision", "recall", "F1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for c, d in result["per_class"].items():
@@ -277,6 +298,7 @@ def predict(
         str | None, typer.Option(help="column with the whole text (default: title + summary)")
     ] = None,
     json_lines: Annotated[bool, typer.Option("--jsonl", help="print one JSON object per report")] = False,
+    stream: StreamFlag = False,
 ) -> None:
     """Print a label and class probabilities (mean over the run's seeds) for each report."""
     from abexrat.embed import embed_texts
@@ -284,12 +306,28 @@ def predict(
     from abexrat.train import predict_proba
 
     run = load_run(run_dir)
+    if _should_stream(input_file, stream):
+        from abexrat.stream import scored_batches
+
+        for b in scored_batches(run_dir, input_file, text_column):
+            _print_predictions(run.classes, [str(i) for i in b["id"]], b["proba"], json_lines)
+        return
     ids, texts, _ = _read_unlabeled(input_file, text_column)
     X = embed_texts(run.encoder, texts)
-    proba = predict_proba(run.model, X).mean(0)
+    _print_predictions(run.classes, ids, predict_proba(run.model, X).mean(0), json_lines)
+
+
+def _should_stream(path: Path, asked: bool) -> bool:
+    from abexrat.data import fits_in_memory
+
+    return asked or (path.is_file() and not fits_in_memory(path))
+
+
+def _print_predictions(classes: list[str], ids: list[str], proba: Any, json_lines: bool) -> None:
+    """proba (n, C): one line per report."""
     for rid, p in zip(ids, proba):
-        label = run.classes[int(p.argmax())]
-        probs = {c: round(float(v), 4) for c, v in zip(run.classes, p)}
+        label = classes[int(p.argmax())]
+        probs = {c: round(float(v), 4) for c, v in zip(classes, p)}
         if json_lines:
             sys.stdout.write(json.dumps({"id": rid, "label": label, "probabilities": probs}) + "\n")
         else:

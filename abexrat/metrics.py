@@ -24,22 +24,36 @@ def summarize(values: list[float]) -> dict[str, Any]:
     return {"mean": float(arr.mean()), "std": std, "per_seed": [float(v) for v in arr]}
 
 
-def score(y_true: np.ndarray, preds: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """Scores of S seeds' predictions: y_true (n,), preds (S, n) of class indices."""
+def score_confusion(conf: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """:func:`score` from per-seed confusion matrices (S, C, C), rows true: the same numbers, from
+    one weighted sample per cell (how streamed files are scored without holding their labels)."""
+    C = len(classes)
+    y_true = np.repeat(np.arange(C), C)
+    y_pred = np.tile(np.arange(C), C)
+    return score(y_true, np.broadcast_to(y_pred, (len(conf), C * C)), classes, conf.reshape(len(conf), C * C))
+
+
+def score(
+    y_true: np.ndarray, preds: np.ndarray, classes: list[str], sample_weight: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Scores of S seeds' predictions: y_true (n,), preds (S, n) of class indices; ``sample_weight``
+    (S, n) counts each sample that many times (see :func:`score_confusion`)."""
     C = len(classes)
     labels = list(range(C))
     mf, wf, acc, per_p, per_r, per_f, conf = [], [], [], [], [], [], []
-    for p in preds:
-        present = _present(y_true, p, C)
-        mf.append(f1_score(y_true, p, labels=present, average="macro", zero_division=0))
-        wf.append(f1_score(y_true, p, labels=labels, average="weighted", zero_division=0))
-        acc.append(accuracy_score(y_true, p))
-        pr, rc, f, _ = precision_recall_fscore_support(y_true, p, labels=labels, zero_division=0)
+    for s, p in enumerate(preds):
+        w = None if sample_weight is None else sample_weight[s]
+        seen = slice(None) if w is None else w > 0
+        present = _present(y_true[seen], p[seen], C)
+        mf.append(f1_score(y_true, p, labels=present, average="macro", zero_division=0, sample_weight=w))
+        wf.append(f1_score(y_true, p, labels=labels, average="weighted", zero_division=0, sample_weight=w))
+        acc.append(accuracy_score(y_true, p, sample_weight=w))
+        pr, rc, f, _ = precision_recall_fscore_support(y_true, p, labels=labels, zero_division=0, sample_weight=w)
         per_p.append(pr)
         per_r.append(rc)
         per_f.append(f)
-        conf.append(confusion_matrix(y_true, p, labels=labels))
-    support = np.bincount(y_true, minlength=C)
+        conf.append(confusion_matrix(y_true, p, labels=labels, sample_weight=w).astype(np.int64))
+    support = np.asarray(conf[0]).sum(1) if conf else np.bincount(y_true, minlength=C)
     per_class = {
         name: {
             "precision": summarize([v[c] for v in per_p]),

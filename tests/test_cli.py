@@ -150,3 +150,53 @@ def test_the_installed_command_exits_2_without_a_traceback(tmp_path: Path) -> No
     )
     assert proc.returncode == 2
     assert "adversarial.p" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_files_too_large_for_memory_stream_through_ray_data(
+    trained: Path,
+    tiny_dir: Path,
+    cli,  # noqa: ANN001
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """evaluate/predict on a file that does not fit stream it (Ray Data) and give the same answers."""
+    import ray
+
+    import abexrat.data
+
+    rows = json.loads((tiny_dir / "test.json").read_text())
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    whole = cli("evaluate", trained, tmp_path / "t.jsonl", "--json", tmp_path / "whole.json")
+    lines = cli("predict", trained, tmp_path / "t.jsonl", "--jsonl")
+    assert whole.code == 0 and lines.code == 0
+    # Now pretend memory is short: the file no longer fits, and both commands stream it.
+    monkeypatch.setattr(abexrat.data, "available_memory", lambda: 100)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        r = cli("evaluate", trained, tmp_path / "t.jsonl", "--json", tmp_path / "streamed.json")
+        assert r.code == 0, r.stderr
+        a, b = json.loads((tmp_path / "whole.json").read_text()), json.loads((tmp_path / "streamed.json").read_text())
+        assert b["n"] == len(rows) == 42
+        for key in ("macro_f1", "weighted_f1", "accuracy", "per_class", "std"):
+            assert b[key] == pytest.approx(a[key], abs=1e-9) if not isinstance(a[key], dict) else b[key] == a[key]
+        p = cli("predict", trained, tmp_path / "t.jsonl", "--jsonl")
+        assert p.code == 0, p.stderr
+        got = [json.loads(x) for x in p.stdout.splitlines()]
+        want = [json.loads(x) for x in lines.stdout.splitlines()]
+        assert [g["id"] for g in got] == [w["id"] for w in want] and [g["label"] for g in got] == [
+            w["label"] for w in want
+        ]
+        for g, w in zip(got, want):
+            assert g["probabilities"] == pytest.approx(w["probabilities"], abs=1e-4)
+        # A bad row deep in a streamed file: one line naming the file and the row, exit 2.
+        rows[30]["gold"] = "ELECTRICAL"
+        (tmp_path / "bad.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+        r = cli("evaluate", trained, tmp_path / "bad.jsonl", "--stream")
+        msg = " ".join(r.stderr.split())
+        assert r.code == 2 and f"bad.jsonl: row id '{rows[30]['idx']}': label column 'gold': 'ELECTRICAL'" in msg
+        assert "Traceback" not in r.stderr
+        # A JSON list cannot be streamed: say how to convert it.
+        r = cli("evaluate", trained, tiny_dir / "test.json")
+        assert r.code == 2 and "convert a JSON list to JSON Lines" in " ".join(r.stderr.split())
+    finally:
+        ray.shutdown()

@@ -1,0 +1,172 @@
+"""Scoring files larger than memory: Ray Data streams the rows through a trained run.
+
+``abexrat predict`` and ``abexrat evaluate`` read their input whole when it fits in memory. A file
+that does not (or any file, with ``--stream``) goes through Ray Data instead: the file is read in
+blocks (``ray.data.read_json`` / ``read_csv`` / ``read_parquet``), each batch is encoded and scored
+by a :class:`Scorer` actor that loads the run once, and the driver consumes the results batch by
+batch (``iter_batches``): printed predictions, or a confusion matrix per seed that the metrics are
+computed from. Nothing holds all the rows, texts or vectors at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from abexrat.errors import UserError
+
+STREAM_BATCH = 512  # rows per batch: a few MB of text and vectors at a time
+STREAM_SUFFIXES = (".jsonl", ".csv", ".parquet", ".pq")
+
+
+def read_stream(path: Path) -> Any:
+    """A lazy Ray Dataset of the file's rows (JSON Lines, CSV or Parquet)."""
+    import ray.data
+
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    if suffix not in STREAM_SUFFIXES:
+        hint = " (convert a JSON list to JSON Lines, one report per line)" if suffix == ".json" else ""
+        raise UserError(f"{path}: streaming reads .jsonl, .csv or .parquet, not {suffix!r}{hint}")
+    if suffix == ".jsonl":
+        return ray.data.read_json(str(path), lines=True)
+    if suffix == ".csv":
+        return ray.data.read_csv(str(path))
+    return ray.data.read_parquet(str(path))
+
+
+class Scorer:
+    """A Ray Data actor: loads a run once, then maps a batch of rows to ids, labels and probabilities.
+
+    Output columns: ``id`` (str), ``proba`` ((C,) mean over seeds), ``pred`` ((S,) each seed's
+    class), and with a label column ``gold`` (the class index).
+    """
+
+    def __init__(self, run_dir: str, path: str, text_column: str | None, label_column: str | None) -> None:
+        from abexrat.experiment import load_run
+
+        self.run = load_run(run_dir)
+        self.path, self.text_column, self.label_column = Path(path), text_column, label_column
+        self.index = {c: k for k, c in enumerate(self.run.classes)}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # A bad row comes back as an ``error`` column, not an exception: Ray Data would retry the
+        # batch and wrap the message in its own; the driver raises it as the one-line UserError.
+        try:
+            out = self._score(batch)
+        except UserError as e:
+            S, C = self.run.model.n_members, len(self.run.classes)
+            out = {"id": np.asarray([""], dtype=object), "proba": np.zeros((1, C), np.float32)}
+            out["pred"] = np.zeros((1, S), np.int64)
+            if self.label_column is not None:
+                out["gold"] = np.zeros(1, np.int64)
+            out["error"] = np.asarray([str(e)], dtype=object)
+            return out
+        out["error"] = np.asarray([""] * len(out["id"]), dtype=object)
+        return out
+
+    def _score(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        from abexrat.data import Columns, _row_text
+        from abexrat.embed import embed_texts
+        from abexrat.train import predict_proba
+
+        torch.set_num_threads(1)
+        keys = list(batch)
+        n = len(batch[keys[0]]) if keys else 0
+        rows = [{k: _plain(batch[k][i]) for k in keys} for i in range(n)]
+        ids = [str(r.get("id", r.get("idx", ""))) for r in rows]
+        cols = Columns(text=self.text_column)
+        texts = [_row_text(self.path, _where(ids[i]), r, cols) for i, r in enumerate(rows)]
+        proba = predict_proba(self.run.model, embed_texts(self.run.encoder, texts))  # (S, n, C)
+        out = {"id": np.asarray(ids, dtype=object), "proba": proba.mean(0), "pred": proba.argmax(-1).T}
+        if self.label_column is not None:
+            gold = []
+            for i, r in enumerate(rows):
+                label = r.get(self.label_column)
+                if label not in self.index:
+                    what = "missing" if label is None else f"{label!r} is not a class of this run"
+                    raise UserError(f"{self.path}: {_where(ids[i])}: label column {self.label_column!r}: {what}")
+                gold.append(self.index[label])
+            out["gold"] = np.asarray(gold, np.int64)
+        return out
+
+
+def _plain(v: Any) -> Any:
+    """A numpy scalar or NaN (CSV's empty cell) as the plain value ``_row_text`` expects."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and v != v:
+        return None
+    return v
+
+
+def _where(rid: str) -> str:
+    return f"row id {rid!r}" if rid else "a row without an id"
+
+
+def scored_batches(
+    run_dir: Path, path: Path, text_column: str | None, label_column: str | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """Scorer output for every batch of ``path``, in file order, with an embedded local Ray if none runs."""
+    import ray.data
+
+    from abexrat.study.runner import connect
+
+    started = connect(None)
+    try:
+        ds = read_stream(path).map_batches(
+            Scorer,
+            fn_constructor_kwargs={
+                "run_dir": str(run_dir),
+                "path": str(path),
+                "text_column": text_column,
+                "label_column": label_column,
+            },
+            batch_size=STREAM_BATCH,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=1),
+        )
+        try:
+            for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                bad = [e for e in b["error"] if e]
+                if bad:
+                    raise UserError(bad[0])
+                yield b
+        except UserError:
+            raise
+        except Exception as e:  # the file itself is unreadable (Ray Data's reader failed)
+            raise _user_error(e, path) from None
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _user_error(e: BaseException, path: Path) -> UserError:
+    lines = [x for x in str(e).strip().splitlines() if x.strip()]
+    return UserError(f"{path}: cannot stream this file ({(lines[-1] if lines else type(e).__name__)[:300]})")
+
+
+def stream_confusion(
+    run_dir: Path, path: Path, n_classes: int, text_column: str | None, label_column: str
+) -> tuple[np.ndarray, int]:
+    """Per-seed confusion matrices (S, C, C) over the whole file, and its row count."""
+    conf: np.ndarray | None = None
+    n = 0
+    for b in scored_batches(run_dir, path, text_column, label_column):
+        pred, gold = b["pred"], b["gold"]  # (n_b, S), (n_b,)
+        if conf is None:
+            conf = np.zeros((pred.shape[1], n_classes, n_classes), np.int64)
+        for s in range(pred.shape[1]):
+            np.add.at(conf[s], (gold, pred[:, s]), 1)
+        n += len(gold)
+    if conf is None or n == 0:
+        raise UserError(f"{path}: no rows")
+    return conf, n
