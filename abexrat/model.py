@@ -13,6 +13,19 @@ import math
 import torch
 from torch import Tensor, nn
 
+NARROW = 32  # a layer with fewer outputs than this runs transposed (see ``linear``)
+
+
+def linear(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """x (S, B, a) @ w (S, a, c) + b (S, 1, c), one batched matmul.
+
+    A narrow layer (c < NARROW, e.g. the 7 logits) is computed as (w^T x^T + b^T)^T: the same
+    products and sums, but BLAS is several times faster with the long side as the output's columns.
+    """
+    if w.shape[-1] < NARROW:
+        return torch.baddbmm(b.transpose(1, 2), w.transpose(1, 2), x.transpose(1, 2)).transpose(1, 2)
+    return torch.baddbmm(b, x, w)
+
 
 class EnsembleMLP(nn.Module):
     """``forward(x)``: x of shape (S, B, d_in) -> logits of shape (S, B, n_classes)."""
@@ -40,22 +53,32 @@ class EnsembleMLP(nn.Module):
                 w[s].uniform_(-bound, bound, generator=gen)
                 b[s].uniform_(-bound, bound, generator=gen)
 
-    def dropout_masks(self, batch: int, gens: list[torch.Generator]) -> list[Tensor] | None:
-        """One scaled keep-mask per hidden layer, shape (S, B, h), each member from its generator."""
+    def dropout_masks(
+        self, rows: int, gens: list[torch.Generator], out: list[Tensor] | None = None
+    ) -> list[Tensor] | None:
+        """One scaled keep-mask per hidden layer, shape (S, rows, h), each member from its generator.
+
+        The trainer draws a whole epoch's masks at once (rows = n) and slices them per batch: one
+        ``uniform_`` call per member and layer instead of one per batch. ``out``: last epoch's
+        masks, overwritten in place.
+        """
         if not self.training or self.dropout <= 0:
             return None
         keep = 1.0 - self.dropout
-        return [
-            torch.stack([torch.empty(batch, h).bernoulli_(keep, generator=g) for g in gens]) / keep
-            for h in self.dims[1:-1]
-        ]
+        masks = []
+        for i, h in enumerate(self.dims[1:-1]):
+            u = out[i] if out is not None else torch.empty(len(gens), rows, h)
+            for s, g in enumerate(gens):
+                u[s].uniform_(generator=g)
+            masks.append(u.lt_(keep).div_(keep))  # 1/keep where kept, else 0
+        return masks
 
     def forward(self, x: Tensor, masks: list[Tensor] | None = None) -> Tensor:
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x = torch.baddbmm(b, x, w)
+            x = linear(x, w, b)
             if i < last:
-                x = torch.relu(x)
+                x = x.relu_()  # in place: baddbmm's backward does not need its output
                 if masks is not None:
                     x = x * masks[i]
         return x
