@@ -16,10 +16,7 @@ loop, and the floor time is the sum over calls of count x time per call. So
 
     trainer_flops_fraction = floor time / trainer time = trainer FLOP/s / floor FLOP/s
 
-for exactly the products the trainer computes. RAT skips the attacked pass of the members whose
-coin is down (their term is multiplied by 0): fewer FLOPs, and a lower FLOP/s for the same speed-up.
-``time_fraction_vs_every_member_floor`` credits that: the floor time of the products a trainer
-attacking with every member would compute, over the trainer's time. Trainer runs and floor replays alternate
+for exactly the products the trainer computes. Trainer runs and floor replays alternate
 (``--repeats`` rounds) and the best of each is used; the median of the per-round ratios is
 reported too. With 1 thread, time is this process's CPU time (robust to other processes on the
 machine; on a quiet machine it equals wall time); with more threads, wall time.
@@ -158,9 +155,9 @@ def replay_time(calls: Counter, threads: int, min_s: float = 0.02) -> tuple[floa
 def analytic_flops(dims: list[int], S: int, steps: list[tuple[int, int]], method: str, epochs: int, n_val: int) -> Any:
     """The count from the layer shapes: per member and step of b rows, forward 2·b·a·c per layer;
     backward the weight gradients (the same again) and the input gradients of every layer but the
-    first; on an attacked step, for each attacking member (RAT: those whose coin came up), the first
-    layer's input gradient (methods that take x-gradients) and a second pass (forward + backward)
-    at x + r. ``steps``: (rows, attacking members) of every step, in order."""
+    first; on an attacked step, for every member (RAT's coins weight the terms, the products run for
+    all), the input gradients of every layer (methods that take x-gradients: ``torch.autograd.grad``
+    of the clean loss w.r.t. x) and a second pass (forward + backward) at x + r. ``steps``: (rows, attacking members) of every step, in order."""
     x_grad = {"none": False, "rat": True, "fgm": True, "dpaat": True, "gaussian": False}
     if method not in x_grad:
         return None  # pgd and others: more passes than this simple count knows
@@ -169,13 +166,13 @@ def analytic_flops(dims: list[int], S: int, steps: list[tuple[int, int]], method
         return sum(2 * rows * dims[i] * dims[i + 1] for i in layers)
 
     L = len(dims) - 1
-    every, deep, first = range(L), range(1, L), range(0, 1)
+    every, deep = range(L), range(1, L)
 
     def one_pass(b: int) -> int:  # forward, weight gradients, input gradients of the deeper layers
         return 2 * fwd(b, every) + fwd(b, deep)
 
     clean = sum(S * one_pass(b) for b, _ in steps)
-    attack = sum(k * (one_pass(b) + (fwd(b, first) if x_grad[method] else 0)) for b, k in steps)
+    attack = sum(k * (one_pass(b) + (fwd(b, every) if x_grad[method] else 0)) for b, k in steps)
     val = epochs * S * fwd(n_val, every)
     return {"clean": clean, "attack": attack, "validation": val, "total": clean + attack + val}
 
@@ -199,14 +196,11 @@ def bench(method: str, S: int, threads: int, epochs: int, repeats: int, data: tu
     hits: list[int] = []  # per step: members that attack (0: no attack)
 
     def count_attacks(m: Any) -> None:
-        from abexrat.train import attackers
-
         plan = m.plan
 
         def counted() -> bool:
             hit = plan()
-            up = attackers(m, S)
-            hits.append(0 if not hit else S if up is None else len(up))
+            hits.append(S if hit else 0)
             return hit
 
         m.plan = counted
@@ -219,24 +213,12 @@ def bench(method: str, S: int, threads: int, epochs: int, repeats: int, data: tu
         return clock() - t0
 
     calls, flops = census(lambda: fit(X, y, C, cfg, seeds, val=(Xv, yv), method_hook=count_attacks))
-    # RAT skips the attacked pass of members whose coin is down (the same result, fewer FLOPs): the
-    # matmuls every member would run otherwise, replayed too, tell how close the time is to that floor.
-    import abexrat.train as train_module
-
-    real_attackers = train_module.attackers
-    train_module.attackers = lambda method, n: None
-    try:
-        full_calls, full_flops = census(lambda: fit(X, y, C, cfg, seeds, val=(Xv, yv)))
-    finally:
-        train_module.attackers = real_attackers
     run()  # warm-up: first-call allocations, MKL and thread-pool start-up
-    trainer, floor, full_floor, rows = [], [], [], []
+    trainer, floor, rows = [], [], []
     for _ in range(repeats):
         trainer.append(run())
         f, rows = replay_time(calls, threads)
         floor.append(f)
-        if full_flops != flops:
-            full_floor.append(replay_time(full_calls, threads)[0])
     best_t, best_f = min(trainer), min(floor)
     dims = [X.shape[1], *cfg.model.hidden, C]
     B, n = cfg.train.batch_size, len(X)
@@ -261,52 +243,9 @@ def bench(method: str, S: int, threads: int, epochs: int, repeats: int, data: tu
         "floor_gflops": flops / best_f / 1e9,
         "trainer_flops_fraction": best_f / best_t,
         "fraction_median_of_rounds": statistics.median(f / t for f, t in zip(floor, trainer)),
-        "flops_if_every_member_attacked": full_flops,
-        "time_fraction_vs_every_member_floor": (min(full_floor) if full_floor else best_f) / best_t,
         "s_per_epoch": best_t / epochs,
         "floor_calls": rows[:8],
     }
-
-
-def gradient_check(data: tuple[Any, ...]) -> dict[str, float]:
-    """The hand-written backward (EnsembleLoss) against autograd on one real batch of the baseline recipe."""
-    import torch
-
-    from abexrat.model import EnsembleLoss, EnsembleMLP, focal_loss
-
-    X, y, _, _, C, cfg = data
-    torch.manual_seed(0)
-    S, B = 3, cfg.train.batch_size
-    m = EnsembleMLP(S, X.shape[1], cfg.model.hidden, C, cfg.model.dropout)
-    m.reset([0, 1, 2])
-    idx = torch.stack([torch.randperm(len(X))[:B] for _ in range(S)])
-    xb, yb = torch.from_numpy(X)[idx], torch.from_numpy(y)[idx].long()
-    masks = m.dropout_masks(B, [torch.Generator().manual_seed(s) for s in range(S)])
-    shift = torch.randn(C) * 0.1
-    r = torch.randn_like(xb) * 0.05
-    coins = torch.tensor([1.0, 0.0, 1.0])
-    gamma = cfg.loss.gamma
-
-    def ref_loss(z: torch.Tensor) -> torch.Tensor:
-        return focal_loss(m(z, masks) + shift, yb, gamma)
-
-    xa = xb.clone().requires_grad_(True)
-    clean = ref_loss(xa)
-    (gx_ref,) = torch.autograd.grad(clean.sum(), xa, retain_graph=True)
-    ref = torch.autograd.grad((clean.mean(-1) + coins * ref_loss(xb + r).mean(-1)).sum(), list(m.parameters()))
-    el = EnsembleLoss(m, shift, gamma)
-    xh = xb.clone().requires_grad_(True)
-    c2 = el(xh, yb, masks)
-    (gx,) = torch.autograd.grad(c2.sum(), xh, retain_graph=True)
-    el.backward(c2.mean(-1) + coins * el(xb + r, yb, masks).mean(-1))
-    rel = [float((p.grad - g).norm() / g.norm()) for p, g in zip(m.parameters(), ref)]
-    out = {
-        "loss_max_abs_diff": float((c2 - clean).detach().abs().max()),
-        "x_grad_rel_err": float((gx - gx_ref).norm() / gx_ref.norm()),
-        "param_grad_max_rel_err": max(rel),
-    }
-    el.release()
-    return out
 
 
 def main() -> None:
@@ -342,7 +281,6 @@ def main() -> None:
             "trainer_gflops": head["trainer_gflops"],
             "floor_gflops": head["floor_gflops"],
             "headline": {k: head[k] for k in ("method", "seeds", "threads", "inputs", "clock")},
-            "gradient_check": gradient_check(data),
             "runs": runs,
         },
     )
