@@ -152,6 +152,8 @@ class EncoderConfig(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     # > 0: a report's title counts beside its whole text (see abexrat.embed.embed_texts).
     title_weight: float = Field(0.0, ge=0.0, le=100.0)
+    # Fitted encoders (tf-idf) fit on the training originals and the synthetic pool's rows.
+    fit_synthetic: bool = False
 
     @model_validator(mode="after")
     def _options(self) -> EncoderConfig:

@@ -51,6 +51,9 @@ class Encoder:
     # Set after construction (``encoder.title_weight``), not an option: it does not change the
     # vector of any one text, so per-text caches stay valid whatever the weight.
     title_weight: float = 0.0
+    # Fit (tf-idf) on the synthetic pool's texts too, not only the training originals: the rare
+    # classes' vocabulary then gets directions of its own in the SVD (``encoder.fit_synthetic``).
+    fit_synthetic: bool = False
 
     def options(self) -> dict[str, Any]:
         return {}

@@ -115,7 +115,14 @@ class Features:
 def build_encoder(cfg: TrainConfig) -> Encoder:
     enc = make_encoder(cfg.encoder.name, **cfg.encoder.options)
     enc.title_weight = cfg.encoder.title_weight
+    enc.fit_synthetic = cfg.encoder.fit_synthetic
     return enc
+
+
+def fit_texts(ds: Dataset, enc: Encoder) -> list[str]:
+    """What a fitted encoder (tf-idf) learns from: the training originals, and with
+    ``enc.fit_synthetic`` the synthetic pool too (never val or test)."""
+    return ds.train.texts + (ds.synthetic.texts if enc.fit_synthetic else [])
 
 
 def n_to_embed(ds: Dataset) -> int:
@@ -127,15 +134,15 @@ def n_to_embed(ds: Dataset) -> int:
 def featurize(
     ds: Dataset, enc: Encoder, cache: EmbeddingCache | None = None, progress: Callable[[int], None] | None = None
 ) -> Features:
-    """Embed every split (the tf-idf part fits on training originals only), and the titled training
-    originals once more without their title."""
+    """Embed every split (the tf-idf part fits on training rows only, see ``fit_texts``), and the
+    titled training originals once more without their title."""
     stats = EmbedStats()
     titled = [i for i, t in enumerate(ds.train.texts) if split_title(t)[0]]
     kept = ds.train.subset(titled)
     untitled = Split(kept.ids, [split_title(t)[1] for t in kept.texts], kept.labels)
     parts = [ds.train, ds.synthetic, ds.val, ds.test, untitled]
     texts = [t for p in parts for t in p.texts]
-    X = embed_texts(enc, texts, fit_texts=ds.train.texts, cache=cache, stats=stats, progress=progress)
+    X = embed_texts(enc, texts, fit_texts=fit_texts(ds, enc), cache=cache, stats=stats, progress=progress)
     cuts = np.cumsum([len(p) for p in parts])[:-1]
     Xtr, Xsy, Xva, Xte, Xun = np.split(X, cuts)
     return Features(
@@ -248,7 +255,7 @@ def run_config(cfg: TrainConfig, out: Path, progress: Any = None) -> dict[str, A
     advance = progress.task("encoding", n_texts) if progress else None
     cache = EmbeddingCache()
     feats = featurize(ds, enc, cache, advance)
-    fitted_encoder(enc, ds.train.texts, cache)
+    fitted_encoder(enc, fit_texts(ds, enc), cache)
     seeds = cfg.seed_list()
     tick = progress.task(f"training {len(seeds)} seed(s)", cfg.train.epochs) if progress else None
     result, scores = train_and_score(feats, cfg, seeds, on_epoch=(lambda e, r: tick(1)) if tick else None)

@@ -1,0 +1,47 @@
+"""The recipe's data options on a real (tiny) dataset: untitled copies and fitting on synthetic rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from abexrat.config import TrainConfig
+from abexrat.data import split_title
+from abexrat.embed import EmbeddingCache, embed_texts
+from abexrat.experiment import build_encoder, featurize, fit_texts, load_dataset
+from abexrat.io import sha256_texts
+
+
+def _cfg(tiny_config: Path, **encoder: object) -> TrainConfig:
+    raw = yaml.safe_load(tiny_config.read_text())
+    raw["encoder"].update(encoder)
+    return TrainConfig.model_validate(raw)
+
+
+def test_untitled_copies_are_the_titled_originals_without_their_title(tiny_config: Path, tmp_path: Path) -> None:
+    cfg = _cfg(tiny_config, title_weight=1.0)
+    ds = load_dataset(cfg)
+    enc = build_encoder(cfg)
+    feats = featurize(ds, enc, EmbeddingCache(tmp_path))
+    titled = [i for i, t in enumerate(ds.train.texts) if split_title(t)[0]]
+    assert len(titled) == 133  # every tiny training original has a title; val/test have none
+    assert feats.X_untitled.shape == (133, enc.dim) and np.array_equal(feats.y_untitled, ds.train.labels[titled])
+    bare = embed_texts(enc, [split_title(ds.train.texts[i])[1] for i in titled], cache=EmbeddingCache(tmp_path))
+    assert np.allclose(feats.X_untitled, bare, atol=1e-6)
+    assert not np.allclose(feats.X_train[titled], bare, atol=1e-3)  # the titled view differs
+    X, y = feats.training_set(1.0, 0, untitled=True)
+    X0, y0 = feats.training_set(1.0, 0)
+    assert len(X) == len(X0) + 133 and np.array_equal(y[len(y0) :], feats.y_untitled)
+
+
+def test_fit_synthetic_fits_tfidf_on_originals_and_the_pool(tiny_config: Path, tmp_path: Path) -> None:
+    plain, both = _cfg(tiny_config), _cfg(tiny_config, fit_synthetic=True)
+    ds = load_dataset(plain)
+    assert fit_texts(ds, build_encoder(plain)) == ds.train.texts
+    enc = build_encoder(both)
+    assert fit_texts(ds, enc) == ds.train.texts + ds.synthetic.texts and len(ds.synthetic) == 99
+    featurize(ds, enc, EmbeddingCache(tmp_path))
+    tfidf = enc.parts[1]
+    assert tfidf.fit_digest == sha256_texts(ds.train.texts + ds.synthetic.texts)
