@@ -110,9 +110,12 @@ BAD_CONFIGS = {
     "unknown method": ("adversarial:\n  method: magic\n", "adversarial.method: Value error, unknown method 'magic'"),
     "python tag": ("name: !!python/object/apply:os.system ['touch /tmp/abexrat-pwned']\n", "not valid YAML"),
     "huge hidden": ("model:\n  hidden: [100000000]\n", "model.hidden"),
-    "alias bomb": ("a: &a [x, x, x, x, x, x, x, x, x, x]\n"
-                   + "".join(f"{n}: &{n} [{', '.join(['*' + p] * 10)}]\n" for p, n in zip("abcde", "bcdef"))
-                   + "model: {hidden: *f}\n", "more than 100000 values once aliases are expanded"),
+    "alias bomb": (
+        "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(f"{n}: &{n} [{', '.join(['*' + p] * 10)}]\n" for p, n in zip("abcde", "bcdef"))
+        + "model: {hidden: *f}\n",
+        "more than 100000 values once aliases are expanded",
+    ),
     "non-utf8": ("name: \udcff\n", "not UTF-8"),
 }
 

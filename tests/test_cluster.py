@@ -25,14 +25,19 @@ def test_study_survives_losing_a_worker_node(tmp_path: Path, tiny_dir: Path) -> 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
-    path = study_file(tmp_path, tiny_dir, "tiny-cluster", """
+    path = study_file(
+        tmp_path,
+        tiny_dir,
+        "tiny-cluster",
+        """
 space:
   adversarial.eps: {type: float, low: 0.01, high: 1.0, log: true}
 budget: {num_samples: 9}
 seeds_per_trial: 1
 final: {seeds: 1}
 max_failures: 5
-""")
+""",
+    )
     path.write_text(path.read_text().replace("epochs: 4,", "epochs: 60,"))
     out = tmp_path / "out"
     removed: list[float] = []

@@ -20,11 +20,11 @@ from abexrat.data import (
     OSHA_FILES,
     Columns,
     compose_text,
-    split_title,
     load_osha,
     load_table,
     resolve_data_dir,
     select_synthetic,
+    split_title,
     stratified_folds,
 )
 from abexrat.errors import UserError

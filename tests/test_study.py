@@ -51,7 +51,11 @@ def search(local_ray, tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) 
     from abexrat.study.runner import run_study
 
     tmp = tmp_path_factory.mktemp("search")
-    path = study_file(tmp, tiny_dir, "tiny-search", """
+    path = study_file(
+        tmp,
+        tiny_dir,
+        "tiny-search",
+        """
 space:
   adversarial.eps: {type: float, low: 0.01, high: 1.0, log: true}
   adversarial.p: {type: float, low: 0.0, high: 1.0}
@@ -62,7 +66,8 @@ seeds_per_trial: 2
 final: {seeds: 3}
 baselines:
   no_adversarial: {adversarial.method: none}
-""")
+""",
+    )
     out = tmp / "out"
     summary = run_study(load_study(path), out)
     return out, summary
@@ -124,14 +129,19 @@ def test_ablation_runs_the_factor_grid(local_ray, tmp_path: Path, tiny_dir: Path
     from abexrat.study.config import load_study
     from abexrat.study.runner import run_study
 
-    path = study_file(tmp_path, tiny_dir, "tiny-ablation", """
+    path = study_file(
+        tmp_path,
+        tiny_dir,
+        "tiny-ablation",
+        """
 kind: ablation
 ablation:
   factors:
     abex: {on: {data.aug_ratio: 1.0}, off: {data.aug_ratio: 0.0}}
     rat: {on: {adversarial.method: rat}, off: {adversarial.method: none}}
 final: {seeds: 2}
-""")
+""",
+    )
     study = load_study(path)
     assert list(study.arms()) == ["full", "rat=off", "abex=off", "abex=off+rat=off"]
     s = run_study(study, tmp_path / "out")
@@ -147,10 +157,14 @@ BAD_STUDIES = {
     "unknown key": ("budget: {num_samples: 3, samples: 4}", "budget.samples: unknown key"),
     "no space": ("budget: {num_samples: 3}", "a search study needs a 'space'"),
     "bad range": ("space: {adversarial.eps: {type: float, low: 1.0, high: 0.1}}", "needs low < high"),
-    "unknown trainer key in space": ("space: {adversarial.q: {type: float, low: 0, high: 1}}",
-                                     "space.adversarial.q: adversarial.q: unknown key"),
-    "out of range choice": ("space: {adversarial.p: {type: categorical, choices: [0.5, 1.5]}}",
-                            "space.adversarial.p: adversarial.p: Input should be less than or equal to 1 (got 1.5)"),
+    "unknown trainer key in space": (
+        "space: {adversarial.q: {type: float, low: 0, high: 1}}",
+        "space.adversarial.q: adversarial.q: unknown key",
+    ),
+    "out of range choice": (
+        "space: {adversarial.p: {type: categorical, choices: [0.5, 1.5]}}",
+        "space.adversarial.p: adversarial.p: Input should be less than or equal to 1 (got 1.5)",
+    ),
     "bad name": ("space: {adversarial.p: {type: float, low: 0, high: 1}}\nname: ../../etc", "name: Value error"),
 }
 
@@ -177,20 +191,31 @@ def _finished_trials(search_dir: Path) -> list[str]:
 
 
 def test_sigint_then_resume_finishes_without_rerunning(tmp_path: Path, tiny_dir: Path) -> None:
-    path = study_file(tmp_path, tiny_dir, "tiny-resume", """
+    path = study_file(
+        tmp_path,
+        tiny_dir,
+        "tiny-resume",
+        """
 space:
   adversarial.eps: {type: float, low: 0.01, high: 1.0, log: true}
   adversarial.p: {type: float, low: 0.0, high: 1.0}
 budget: {num_samples: 8}
 seeds_per_trial: 1
 final: {seeds: 1}
-""")
+""",
+    )
     path.write_text(path.read_text().replace("epochs: 4,", "epochs: 60,"))
     out = tmp_path / "out"
     exe = str(Path(sys.executable).parent / "abexrat")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AIR_NEW_OUTPUT": "0"}
-    proc = subprocess.Popen([exe, "study", "run", str(path), "--out", str(out)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [exe, "study", "run", str(path), "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 480  # generous: CI machines can be loaded
     while len(_finished_trials(out / "search")) < 2:
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
@@ -204,8 +229,14 @@ final: {seeds: 1}
     assert 2 <= len(before) < 8 and not (out / "summary.json").exists()
     rows_before = {t: _rows(out / "search", t) for t in before}
 
-    r = subprocess.run([exe, "study", "run", str(path), "--out", str(out), "--resume"], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [exe, "study", "run", str(path), "--out", str(out), "--resume"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     s = json.loads((out / "summary.json").read_text())
     assert s["trials"] == 8
@@ -220,3 +251,56 @@ final: {seeds: 1}
 def _rows(search_dir: Path, trial_id: str) -> int:
     (result,) = [p for p in search_dir.glob(f"run_trial_{trial_id}_*/result.json")]
     return sum(1 for x in result.read_text().splitlines() if x.strip())
+
+
+def test_a_cv_study_selects_on_out_of_fold_scores(local_ray, tmp_path: Path, tiny_dir: Path) -> None:  # noqa: ANN001
+    """cv: trials are scored on 3-fold CV over train+val (synthetic rows only from training folds);
+    the search's val_* are the CV scores, recomputable by abexrat.cv; test stays out of selection."""
+    from abexrat.cv import cv_datasets, cv_featurize, cv_train_and_score
+    from abexrat.embed import EmbeddingCache
+    from abexrat.experiment import load_dataset
+    from abexrat.study.config import load_study
+    from abexrat.study.runner import run_study
+
+    path = study_file(
+        tmp_path,
+        tiny_dir,
+        "tiny-cv",
+        """
+space:
+  adversarial.eps: {type: float, low: 0.01, high: 1.0, log: true}
+budget: {num_samples: 2}
+seeds_per_trial: 2
+final: {seeds: 2}
+cv: {folds: 3, seed: 1}
+""",
+    )
+    study = load_study(path)
+    s = run_study(study, tmp_path / "out", report=False)
+    table = pd.read_parquet(tmp_path / "out" / "trials.parquet")
+    searched = table[table["stage"] == "search"]
+    assert len(searched) == 2 and (searched["selection"] == "3-fold cv over train+val").all()
+    assert s["cv"]["folds"] == 3 and s["cv"]["splits"] == ["train", "val"]
+    # The pool: 133 train + 42 val originals; every held-out report is predicted exactly once.
+    ds = load_dataset(study.train_config())
+    folds, y, held = cv_datasets(ds, 3, 1, ["train", "val"])
+    assert len(y) == 175 and sorted(i for h in held for i in h) == list(range(175))
+    for fold in folds:
+        train_ids = {i.split(":", 1)[1] for i in fold.train.ids if i.startswith("train:")}
+        assert set(fold.synthetic.source_ids) <= train_ids and len(fold.synthetic) == 3 * sum(
+            1 for i in fold.train.ids if i.startswith("train:") and int(i.split(":")[1]) in SOURCE_IDS(ds)
+        )
+        assert not set(fold.val.ids) & set(fold.train.ids)
+    # The best trial's val score is its CV score, recomputed here from scratch.
+    best = searched.loc[searched["val_macro_f1"].idxmax()]
+    cfg = study.train_config({"adversarial.eps": float(best["param:adversarial.eps"])})
+    cvf = cv_featurize(ds, cfg, 3, 1, ["train", "val"], EmbeddingCache())
+    _, scores = cv_train_and_score(cvf, cfg, [0, 1])
+    assert scores["macro_f1"]["mean"] == pytest.approx(best["val_macro_f1"], abs=1e-9)
+    assert s["best_val_macro_f1"] == pytest.approx(best["val_macro_f1"])
+    # The final round scores the fixed split's test and the CV scores with the final seeds.
+    assert len(s["test"]["macro_f1"]["per_seed"]) == 2 and len(s["cv"]["best"]["macro_f1"]["per_seed"]) == 2
+
+
+def SOURCE_IDS(ds) -> set[int]:  # noqa: ANN001, N802
+    return {int(s) for s in ds.synthetic.source_ids}

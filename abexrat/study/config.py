@@ -100,6 +100,25 @@ class Final(Strict):
     seeds: int = Field(5, ge=1, le=100)
 
 
+class CrossValidation(Strict):
+    """Select on stratified k-fold CV over the pooled originals of ``splits`` instead of val.
+
+    The default pools train + val, so the test split stays unseen until the final scoring; adding
+    test pools all the originals (a less noisy estimate, but then test has informed the choice).
+    """
+
+    folds: int = Field(5, ge=2, le=20)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["train", "val"], min_length=1)
+
+    @field_validator("splits")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"a split is named twice: {v}")
+        return v
+
+
 class Ablation(Strict):
     """Factors, each with named levels of overrides; the grid is their product."""
 
@@ -162,6 +181,7 @@ class Study(Strict):
     tracking: Tracking = Field(default_factory=Tracking)
     max_failures: int = Field(3, ge=0, le=100)
     limits: Limits = Field(default_factory=Limits)
+    cv: CrossValidation | None = Field(None, description="select on k-fold cross-validation instead of val")
 
     @field_validator("name")
     @classmethod
@@ -179,6 +199,8 @@ class Study(Strict):
         for name in self.baselines:
             if not NAME.fullmatch(name) or name == "best":
                 raise ValueError(f"baseline name {short_repr(name)}: use letters, digits, '_', '.', '-' (not 'best')")
+        if self.cv is not None and self.early_stopping.enabled:
+            raise ValueError("cv: early stopping compares epochs of one split; turn one of them off")
         return self
 
     # ------------------------------------------------------------ derived configs

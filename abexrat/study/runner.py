@@ -149,7 +149,13 @@ def _callbacks(total: int, label: str, study: Study, job: str, out: Path, mode: 
 
 
 def _trainable(
-    study: Study, feats: Any, arms: dict[str, dict[str, Any]], seeds: list[int], with_test: bool, timed: bool
+    study: Study,
+    feats: Any,
+    arms: dict[str, dict[str, Any]],
+    seeds: list[int],
+    with_test: bool,
+    timed: bool,
+    cv: Any = None,
 ) -> Any:
     """The trial function with its data; ``timed``: the time limit applies (the search stage only)."""
     from ray import tune
@@ -170,6 +176,7 @@ def _trainable(
         with_test=with_test,
         threads=threads,
         limits=limits,
+        cv=cv,
     )
     res = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
     if study.limits.trial_memory_gb:  # Ray places a trial only where this much memory is free
@@ -217,7 +224,7 @@ def _quiet_nan(record: logging.LogRecord) -> bool:
     return "nan is not acceptable" not in record.getMessage()
 
 
-def run_search(study: Study, feats: Any, out: Path, resume: bool, mode: str) -> tuple[Any, list[Any]]:
+def run_search(study: Study, feats: Any, out: Path, resume: bool, mode: str, cv: Any = None) -> tuple[Any, list[Any]]:
     """The search (TPE) or the ablation grid; resumable from ``out/search``."""
     import optuna
     from ray import tune
@@ -262,7 +269,7 @@ def run_search(study: Study, feats: Any, out: Path, resume: bool, mode: str) -> 
             reduction_factor=study.early_stopping.reduction_factor,
         )
     callbacks = _callbacks(total, job, study, job, out, mode)
-    trainable = _trainable(study, feats, arms, seeds, with_test=study.kind == "ablation", timed=True)
+    trainable = _trainable(study, feats, arms, seeds, with_test=study.kind == "ablation", timed=True, cv=cv)
     path = out / SEARCH
     if resume and tune.Tuner.can_restore(str(path.resolve())):
         tuner = tune.Tuner.restore(
@@ -296,15 +303,16 @@ def run_search(study: Study, feats: Any, out: Path, resume: bool, mode: str) -> 
 
 
 def run_final(
-    study: Study, feats: Any, out: Path, best: dict[str, Any], mode: str, resume: bool
+    study: Study, feats: Any, out: Path, best: dict[str, Any], mode: str, resume: bool, cv: Any = None
 ) -> tuple[Any, list[Any]]:
-    """The best configuration and each baseline, ``final.seeds`` seeds, scored on val and test."""
+    """The best configuration and each baseline, ``final.seeds`` seeds, scored on val and test
+    (and with ``cv``, cross-validated too)."""
     from ray import tune
 
     arms = {"best": best, **study.baselines}
     seeds = list(range(study.seed, study.seed + study.final.seeds))
     callbacks = _callbacks(len(arms), "final", study, FINAL, out, mode)
-    trainable = _trainable(study, feats, arms, seeds, with_test=True, timed=False)
+    trainable = _trainable(study, feats, arms, seeds, with_test=True, timed=False, cv=cv)
     path = out / FINAL
     if resume and tune.Tuner.can_restore(str(path.resolve())):
         tuner = tune.Tuner.restore(
@@ -399,6 +407,9 @@ def _trial_table(results: Any, stage: str) -> Any:
             "test_macro_f1",
             "test_weighted_f1",
             "test_accuracy",
+            "cv_macro_f1",
+            "cv_weighted_f1",
+            "selection",
             "train_s",
             "trial_s",
             "epoch",
@@ -494,9 +505,15 @@ def run_study(
         write_json(out / "study.json", study.model_dump(mode="json"))
         t_enc = time.perf_counter()
         feats = featurize(ds, encoder, EmbeddingCache())
+        cv_ref = None
+        if study.cv is not None:  # every fold's features, each with its own fitted encoder
+            from abexrat.cv import cv_featurize
+
+            c = study.cv
+            cv_ref = ray.put(cv_featurize(ds, base, c.folds, c.seed, c.splits, EmbeddingCache()))
         encode_s = time.perf_counter() - t_enc
         feats_ref = ray.put(feats)  # one copy in the object store, shared by every trial
-        results, cbs = run_search(study, feats_ref, out, resume, mode)
+        results, cbs = run_search(study, feats_ref, out, resume, mode, cv_ref)
         _close(cbs)
         search_df = _trial_table(results, "ablation" if study.kind == "ablation" else "search")
         wanted = study.budget.num_samples if study.kind == "search" else len(study.arms())
@@ -514,7 +531,7 @@ def run_study(
 
         arms = study.arms() if study.kind == "ablation" else {}
         best_overrides = trial_overrides(decode_params(best_over), arms)
-        final_results, fcbs = run_final(study, feats_ref, out, best_overrides, mode, resume)
+        final_results, fcbs = run_final(study, feats_ref, out, best_overrides, mode, resume, cv_ref)
         _check_interrupted(final_results, 1 + len(study.baselines), out)
         tracking_wait = _close(cbs + fcbs)
         final_df = _trial_table(final_results, "final")
@@ -543,6 +560,14 @@ def run_study(
             "test_pred": by_arm["best"].get("test_pred"),
             "val_pred": by_arm["best"].get("val_pred"),
             "val_labels": feats.y_val.tolist(),
+            "cv": None
+            if study.cv is None
+            else {
+                **study.cv.model_dump(),
+                "best": _scores(by_arm["best"], "cv"),
+                "baselines": {name: _scores(m, "cv") for name, m in by_arm.items() if name != "best"},
+                "note": "search trials' val_* scores are these folds' out-of-fold scores",
+            },
             "baselines": {
                 name: {
                     "overrides": study.baselines[name],

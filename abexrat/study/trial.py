@@ -170,10 +170,14 @@ def run_trial(
     with_test: bool,
     threads: int,
     limits: dict[str, Any] | None = None,
+    cv: Any = None,
 ) -> None:
     """Train and report to Tune: per epoch ``val_macro_f1`` (mean over seeds), then the final scores.
 
     Search trials report validation only; ``with_test`` (final and baseline trials) adds test.
+    With ``cv`` (:class:`abexrat.cv.CVFeatures`), search trials report the cross-validated scores
+    as ``val_*`` (no per-epoch reports: folds train one after another), and final trials add them
+    as ``cv_*`` beside the fixed split's.
     ``limits`` (``trial_time_s``, ``trial_memory_gb``): past one, the trial stops and reports
     ``limit`` = "time" | "memory" with the objective as NaN, so it is never chosen.
     """
@@ -208,7 +212,17 @@ def run_trial(
 
     try:
         with guard:
+            if cv is not None and not with_test:
+                from abexrat.cv import cv_train_and_score
+
+                train_s, cv_scores = cv_train_and_score(cv, cfg, seeds, on_epoch=lambda e, r: guard.check())
+                _report_cv(st, cfg, seeds, train_s, cv_scores, "val", t0)
+                return
             result, scores = train_and_score(feats, cfg, seeds, on_epoch=on_epoch)
+            if cv is not None:
+                from abexrat.cv import cv_train_and_score
+
+                scores["cv"] = cv_train_and_score(cv, cfg, seeds, on_epoch=lambda e, r: guard.check())[1]
     except TrialLimitExceeded:
         kind, detail = guard.reason or ("time", "limit")
         tune.report(
@@ -231,14 +245,35 @@ def run_trial(
         "train_size": scores["train_size"],
     }
     for split in ("val", "test") if with_test else ("val",):
-        for k in SUMMARY_KEYS:
-            final[f"{split}_{k}"] = scores[split][k]["mean"]
-            final[f"{split}_{k}_std"] = scores[split][k]["std"]
-            final[f"{split}_{k}_per_seed"] = scores[split][k]["per_seed"]
-        final[f"{split}_per_class_f1"] = {c: d["f1"]["mean"] for c, d in scores[split]["per_class"].items()}
-        final[f"{split}_confusion"] = scores[split]["confusion"]["total"]
+        final.update(_split_keys(scores[split], split))
+    if "cv" in scores:
+        final.update(_split_keys(scores["cv"], "cv"))
     if with_test:  # (S, n) predicted classes: bootstrap intervals and paired tests in reports
         final["val_pred"] = scores["val_pred"]
         final["test_pred"] = scores["test_pred"]
+    final["trial_s"] = time.perf_counter() - t0
+    tune.report(final)
+
+
+def _split_keys(scores: dict[str, Any], split: str) -> dict[str, Any]:
+    """``score``'s output as flat Tune keys: ``{split}_macro_f1``, ``..._std``, ``..._per_seed``, ..."""
+    out: dict[str, Any] = {}
+    for k in SUMMARY_KEYS:
+        out[f"{split}_{k}"] = scores[k]["mean"]
+        out[f"{split}_{k}_std"] = scores[k]["std"]
+        out[f"{split}_{k}_per_seed"] = scores[k]["per_seed"]
+    out[f"{split}_per_class_f1"] = {c: d["f1"]["mean"] for c, d in scores["per_class"].items()}
+    out[f"{split}_confusion"] = scores["confusion"]["total"]
+    return out
+
+
+def _report_cv(
+    st: Any, cfg: Any, seeds: list[int], train_s: float, scores: dict[str, Any], split: str, t0: float
+) -> None:
+    from ray import tune
+
+    final = {"epoch": cfg.train.epochs, "train_s": train_s, "seeds": seeds}
+    final.update(_split_keys(scores, split))
+    final["selection"] = f"{st.cv.folds}-fold cv over {'+'.join(st.cv.splits)}"
     final["trial_s"] = time.perf_counter() - t0
     tune.report(final)
