@@ -304,3 +304,26 @@ cv: {folds: 3, seed: 1}
 
 def SOURCE_IDS(ds) -> set[int]:  # noqa: ANN001, N802
     return {int(s) for s in ds.synthetic.source_ids}
+
+
+def test_every_shipped_study_file_validates() -> None:
+    """studies/*.yaml: each train config, study and augmentation config loads as its users run it."""
+    from abexrat.augment.config import load_augment_config
+    from abexrat.config import load_train_config
+    from abexrat.study.config import load_study
+
+    kinds = {}
+    for path in sorted((REPO / "studies").glob("*.yaml")):
+        if path.name.startswith("augment_"):
+            load_augment_config(path)
+            kinds[path.stem] = "augment"
+        elif path.name == "baseline.yaml":
+            cfg = load_train_config(path)
+            assert cfg.encoder.name == "hybrid" and cfg.adversarial.method == "rat" and cfg.data.aug_ratio == 1.0
+            kinds[path.stem] = "train"
+        else:
+            study = load_study(path)
+            study.train_config()  # the base and trainer section resolve
+            kinds[path.stem] = study.kind
+    assert kinds["quickstart"] == "search" and kinds["paper_ablation"] == "ablation"
+    assert load_study(REPO / "studies" / "rat_search_cv.yaml").cv.splits == ["train", "val"]
