@@ -105,7 +105,10 @@ class HFEncoder(Encoder):
             tokenizer = self._loading(AutoTokenizer.from_pretrained)
             if tokenizer.pad_token is None:  # decoder tokenizers often have none; the mask hides it
                 tokenizer.pad_token = tokenizer.eos_token
-            model = self._loading(AutoModel.from_pretrained, dtype=half if cuda else torch.float32)
+            # safetensors only: a pickled .bin checkpoint would run code on load
+            model = self._loading(
+                AutoModel.from_pretrained, dtype=half if cuda else torch.float32, use_safetensors=True
+            )
             self._model, self._tokenizer = model.to("cuda" if cuda else "cpu").eval(), tokenizer
             self._config = model.config
         return self._model, self._tokenizer

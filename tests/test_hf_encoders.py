@@ -269,3 +269,18 @@ def test_vllm_encoder_key_and_missing_gpu_extra() -> None:
         pytest.skip("vllm is installed")
     with pytest.raises(UserError, match=r"vllm:x: needs the gpu extra: pip install 'abexrat\[gpu\]'"):
         base.encode(["a worker fell"])
+
+
+def test_a_pickled_checkpoint_is_refused_not_loaded(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """Only safetensors weights load: a pytorch_model.bin (pickle) could run code when torch.load'ed."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_models["bert"], folder)
+    torch.save(load_file(str(folder / "model.safetensors")), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    assert (folder / "pytorch_model.bin").is_file() and not (folder / "model.safetensors").exists()
+    with pytest.raises(UserError, match=f"hf:{folder}: cannot load the model"):
+        make_encoder(f"hf:{folder}").encode(["a report"])

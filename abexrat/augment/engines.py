@@ -165,7 +165,8 @@ class TransformersGenerator:
         if not self.seq2seq:
             self.tokenizer.padding_side = "left"  # new tokens follow every prompt's last token directly
         cls = AutoModelForSeq2SeqLM if self.seq2seq else AutoModelForCausalLM
-        self.model = cls.from_pretrained(model, dtype=dtype).to(self.device).eval()
+        # safetensors only: a pickled .bin checkpoint would run code on load
+        self.model = cls.from_pretrained(model, dtype=dtype, use_safetensors=True).to(self.device).eval()
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.max_input_tokens = max_input_tokens
         self.keep = list(keep) if keep is not None else None
