@@ -142,6 +142,7 @@ def embed(
 ) -> None:
     """Embed every split of the dataset into the cache (a rerun encodes nothing it has seen)."""
     from abexrat.config import load_train_config
+    from abexrat.encoders import leaves
     from abexrat.experiment import build_encoder, featurize, load_dataset, n_to_embed
 
     sets = ([f"encoder.name={encoder}"] if encoder else []) + ([f"data.data_dir={data_dir}"] if data_dir else [])
@@ -151,7 +152,8 @@ def embed(
     n = n_to_embed(ds)
     t0 = time.perf_counter()
     with progress() as bar:
-        feats = featurize(ds, enc, progress=bar.task(f"encoding with {cfg.encoder.name}", n))
+        total = n * len(leaves(enc))  # the bar advances once per text and encoder part
+        feats = featurize(ds, enc, progress=bar.task(f"encoding with {cfg.encoder.name}", total))
     s = feats.stats
     out.print(
         f"{n} texts, dim {enc.dim}: {s.encoded} encoded, {s.cached} cached "

@@ -32,7 +32,7 @@ from abexrat.data import (
     split_title,
 )
 from abexrat.embed import EmbeddingCache, EmbedStats, embed_texts, fitted_encoder
-from abexrat.encoders import Encoder, load_encoder, make_encoder, save_encoder
+from abexrat.encoders import Encoder, leaves, load_encoder, make_encoder, save_encoder
 from abexrat.errors import UserError
 from abexrat.io import atomic_path, write_json, write_text
 from abexrat.metrics import score
@@ -251,7 +251,7 @@ def run_config(cfg: TrainConfig, out: Path, progress: Any = None) -> dict[str, A
     t0 = time.perf_counter()
     ds = load_dataset(cfg)
     enc = build_encoder(cfg)
-    n_texts = n_to_embed(ds)
+    n_texts = n_to_embed(ds) * len(leaves(enc))  # the bar advances once per text and encoder part
     advance = progress.task("encoding", n_texts) if progress else None
     cache = EmbeddingCache()
     feats = featurize(ds, enc, cache, advance)

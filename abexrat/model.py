@@ -13,19 +13,6 @@ import math
 import torch
 from torch import Tensor, nn
 
-NARROW = 32  # a layer with fewer outputs than this runs transposed (see ``linear``)
-
-
-def linear(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
-    """x (S, B, a) @ w (S, a, c) + b (S, 1, c), one batched matmul.
-
-    A narrow layer (c < NARROW, e.g. the 7 logits) is computed as (w^T x^T + b^T)^T: the same
-    products and sums, but BLAS is several times faster with the long side as the output's columns.
-    """
-    if w.shape[-1] < NARROW:
-        return torch.baddbmm(b.transpose(1, 2), w.transpose(1, 2), x.transpose(1, 2)).transpose(1, 2)
-    return torch.baddbmm(b, x, w)
-
 
 class EnsembleMLP(nn.Module):
     """``forward(x)``: x of shape (S, B, d_in) -> logits of shape (S, B, n_classes)."""
@@ -76,7 +63,7 @@ class EnsembleMLP(nn.Module):
     def forward(self, x: Tensor, masks: list[Tensor] | None = None) -> Tensor:
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x = linear(x, w, b)
+            x = torch.baddbmm(b, x, w)
             if i < last:
                 x = x.relu_()  # in place: baddbmm's backward does not need its output
                 if masks is not None:
