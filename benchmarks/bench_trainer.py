@@ -155,9 +155,9 @@ def replay_time(calls: Counter, threads: int, min_s: float = 0.02) -> tuple[floa
 def analytic_flops(dims: list[int], S: int, steps: list[tuple[int, int]], method: str, epochs: int, n_val: int) -> Any:
     """The count from the layer shapes: per member and step of b rows, forward 2·b·a·c per layer;
     backward the weight gradients (the same again) and the input gradients of every layer but the
-    first; on an attacked step, for every member (RAT's coins weight the terms, the products run for
-    all), the input gradients of every layer (methods that take x-gradients: ``torch.autograd.grad``
-    of the clean loss w.r.t. x) and a second pass (forward + backward) at x + r. ``steps``: (rows, attacking members) of every step, in order."""
+    first; on an attacked step, for every member (RAT's coins weight the terms, the products run
+    for all), the input gradients of every layer (methods that take x-gradients) and a second pass
+    (forward + backward) at x + r. ``steps``: (rows, attacking members) of every step, in order."""
     x_grad = {"none": False, "rat": True, "fgm": True, "dpaat": True, "gaussian": False}
     if method not in x_grad:
         return None  # pgd and others: more passes than this simple count knows
