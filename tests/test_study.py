@@ -204,7 +204,8 @@ seeds_per_trial: 1
 final: {seeds: 1}
 """,
     )
-    path.write_text(path.read_text().replace("epochs: 4,", "epochs: 60,"))
+    # long enough trials (a few seconds each) that the search is still running when SIGINT lands
+    path.write_text(path.read_text().replace("epochs: 4,", "epochs: 400,"))
     out = tmp_path / "out"
     exe = str(Path(sys.executable).parent / "abexrat")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AIR_NEW_OUTPUT": "0"}
@@ -243,7 +244,7 @@ final: {seeds: 1}
     after = _finished_trials(out / "search")
     assert len(after) == len(set(after)) == 8 and set(before) <= set(after)
     for t, rows in rows_before.items():  # a finished trial was not run again: its results did not grow
-        assert _rows(out / "search", t) == rows == 60
+        assert _rows(out / "search", t) == rows == 400
     runs = [r for r in read_runs(out / "wandb") if r.job_type == "search"]
     assert sorted(r.config["trial_id"] for r in runs) == sorted(after)  # one W&B run per trial, none twice
 
