@@ -125,19 +125,24 @@ def fit_texts(ds: Dataset, enc: Encoder) -> list[str]:
     return ds.train.texts + (ds.synthetic.texts if enc.fit_synthetic else [])
 
 
-def n_to_embed(ds: Dataset) -> int:
+def n_to_embed(ds: Dataset, untitled: bool = True) -> int:
     """How many texts ``featurize`` embeds (for progress bars)."""
-    titled = sum(1 for t in ds.train.texts if split_title(t)[0])
+    titled = sum(1 for t in ds.train.texts if split_title(t)[0]) if untitled else 0
     return len(ds.train) + len(ds.synthetic) + len(ds.val) + len(ds.test) + titled
 
 
 def featurize(
-    ds: Dataset, enc: Encoder, cache: EmbeddingCache | None = None, progress: Callable[[int], None] | None = None
+    ds: Dataset,
+    enc: Encoder,
+    cache: EmbeddingCache | None = None,
+    progress: Callable[[int], None] | None = None,
+    untitled: bool = True,
 ) -> Features:
-    """Embed every split (the tf-idf part fits on training rows only, see ``fit_texts``), and the
-    titled training originals once more without their title."""
+    """Embed every split (the tf-idf part fits on training rows only, see ``fit_texts``), and with
+    ``untitled`` (a study may search ``data.untitled_copies``) the titled training originals once
+    more without their title."""
     stats = EmbedStats()
-    titled = [i for i, t in enumerate(ds.train.texts) if split_title(t)[0]]
+    titled = [i for i, t in enumerate(ds.train.texts) if untitled and split_title(t)[0]]
     kept = ds.train.subset(titled)
     untitled = Split(kept.ids, [split_title(t)[1] for t in kept.texts], kept.labels)
     parts = [ds.train, ds.synthetic, ds.val, ds.test, untitled]
@@ -251,10 +256,11 @@ def run_config(cfg: TrainConfig, out: Path, progress: Any = None) -> dict[str, A
     t0 = time.perf_counter()
     ds = load_dataset(cfg)
     enc = build_encoder(cfg)
-    n_texts = n_to_embed(ds) * len(leaves(enc))  # the bar advances once per text and encoder part
+    untitled = cfg.data.untitled_copies
+    n_texts = n_to_embed(ds, untitled) * len(leaves(enc))  # the bar advances once per text and encoder part
     advance = progress.task("encoding", n_texts) if progress else None
     cache = EmbeddingCache()
-    feats = featurize(ds, enc, cache, advance)
+    feats = featurize(ds, enc, cache, advance, untitled=untitled)
     fitted_encoder(enc, fit_texts(ds, enc), cache)
     seeds = cfg.seed_list()
     tick = progress.task(f"training {len(seeds)} seed(s)", cfg.train.epochs) if progress else None
