@@ -234,6 +234,7 @@ def evaluate(
     """Score a run's seed models on any labeled dataset with the same classes."""
     import numpy as np
 
+    from abexrat.data import class_index
     from abexrat.embed import embed_texts
     from abexrat.experiment import load_run
     from abexrat.metrics import score, score_confusion
@@ -249,13 +250,7 @@ def evaluate(
         return
     ids, texts, rows = _read_unlabeled(data, text_column)
     index = {c: k for k, c in enumerate(run.classes)}
-    y = []
-    for i, r in enumerate(rows):
-        label = r.get(label_column)
-        if label not in index:
-            what = "missing" if label is None else f"{label!r} is not a class of this run"
-            raise UserError(f"{data}: row {i}: label column {label_column!r}: {what}")
-        y.append(index[label])
+    y = [class_index(data, f"row {i}", r, label_column, index) for i, r in enumerate(rows)]
     with progress() as bar:
         X = embed_texts(run.encoder, texts, progress=bar.task("encoding", len(texts)))
     s = score(np.asarray(y), predict_proba(run.model, X).argmax(-1), run.classes)

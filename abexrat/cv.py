@@ -31,8 +31,6 @@ class CVFeatures:
     y: np.ndarray  # (n,) int64: the pooled originals' labels
     held_out: list[np.ndarray]  # per fold, indices into the pool
     folds: list[Features]
-    splits: list[str]
-    seed: int
 
 
 def cv_datasets(ds: Dataset, k: int, seed: int, splits: list[str]) -> tuple[list[Dataset], np.ndarray, list[Any]]:
@@ -64,17 +62,11 @@ def cv_featurize(
     seed: int,
     splits: list[str],
     cache: EmbeddingCache | None = None,
-    progress: Callable[[int], None] | None = None,
 ) -> CVFeatures:
     """Embed every fold with its own fitted encoder (per-text caches are shared across folds)."""
     cache = cache or EmbeddingCache()
     datasets, y, held = cv_datasets(ds, k, seed, splits)
-    folds = []
-    for fold in datasets:
-        folds.append(featurize(fold, build_encoder(cfg), cache))
-        if progress:
-            progress(1)
-    return CVFeatures(ds.classes, y, held, folds, list(splits), seed)
+    return CVFeatures(ds.classes, y, held, [featurize(fold, build_encoder(cfg), cache) for fold in datasets])
 
 
 def cv_train_and_score(

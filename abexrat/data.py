@@ -211,6 +211,15 @@ def _row_text(path: Path, i: int, row: dict[str, Any], cols: Columns) -> str:
     return text
 
 
+def class_index(path: Path, where: str, row: dict[str, Any], label_column: str, index: dict[str, int]) -> int:
+    """The class index of a scored row's label; a missing label or one the run never saw is a UserError."""
+    label = row.get(label_column)
+    if label not in index:
+        what = "missing" if label is None else f"{label!r} is not a class of this run"
+        raise UserError(f"{path}: {where}: label column {label_column!r}: {what}")
+    return index[label]
+
+
 def _row_label(path: Path, i: int, row: dict[str, Any], cols: Columns) -> str:
     if cols.label not in row:
         raise UserError(f"{path}: row {i}: missing column {short_repr(cols.label)}")

@@ -144,8 +144,8 @@ def featurize(
     stats = EmbedStats()
     titled = [i for i, t in enumerate(ds.train.texts) if untitled and split_title(t)[0]]
     kept = ds.train.subset(titled)
-    untitled = Split(kept.ids, [split_title(t)[1] for t in kept.texts], kept.labels)
-    parts = [ds.train, ds.synthetic, ds.val, ds.test, untitled]
+    bare = Split(kept.ids, [split_title(t)[1] for t in kept.texts], kept.labels)
+    parts = [ds.train, ds.synthetic, ds.val, ds.test, bare]
     texts = [t for p in parts for t in p.texts]
     X = embed_texts(enc, texts, fit_texts=fit_texts(ds, enc), cache=cache, stats=stats, progress=progress)
     cuts = np.cumsum([len(p) for p in parts])[:-1]
@@ -164,7 +164,7 @@ def featurize(
         enc.key,
         stats,
         Xun,
-        untitled.labels,
+        bare.labels,
     )
 
 

@@ -72,7 +72,7 @@ class Scorer:
     def _score(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        from abexrat.data import Columns, _row_text
+        from abexrat.data import Columns, _row_text, class_index
         from abexrat.embed import embed_texts
         from abexrat.train import predict_proba
 
@@ -86,13 +86,9 @@ class Scorer:
         proba = predict_proba(self.run.model, embed_texts(self.run.encoder, texts))  # (S, n, C)
         out = {"id": np.asarray(ids, dtype=object), "proba": proba.mean(0), "pred": proba.argmax(-1).T}
         if self.label_column is not None:
-            gold = []
-            for i, r in enumerate(rows):
-                label = r.get(self.label_column)
-                if label not in self.index:
-                    what = "missing" if label is None else f"{label!r} is not a class of this run"
-                    raise UserError(f"{self.path}: {_where(ids[i])}: label column {self.label_column!r}: {what}")
-                gold.append(self.index[label])
+            gold = [
+                class_index(self.path, _where(ids[i]), r, self.label_column, self.index) for i, r in enumerate(rows)
+            ]
             out["gold"] = np.asarray(gold, np.int64)
         return out
 

@@ -184,6 +184,7 @@ def run_trial(
     import torch
     from ray import tune
 
+    from abexrat.cv import cv_train_and_score
     from abexrat.experiment import train_and_score
     from abexrat.study.config import Study
 
@@ -212,16 +213,14 @@ def run_trial(
 
     try:
         with guard:
-            if cv is not None and not with_test:
-                from abexrat.cv import cv_train_and_score
-
+            if cv is not None and not with_test:  # a search trial scored on CV alone
                 train_s, cv_scores = cv_train_and_score(cv, cfg, seeds, on_epoch=lambda e, r: guard.check())
-                _report_cv(st, cfg, seeds, train_s, cv_scores, "val", t0)
+                report = {"epoch": epochs, "train_s": train_s, "seeds": seeds, **_split_keys(cv_scores, "val")}
+                report["selection"] = f"{st.cv.folds}-fold cv over {'+'.join(st.cv.splits)}"
+                tune.report({**report, "trial_s": time.perf_counter() - t0})
                 return
             result, scores = train_and_score(feats, cfg, seeds, on_epoch=on_epoch)
             if cv is not None:
-                from abexrat.cv import cv_train_and_score
-
                 scores["cv"] = cv_train_and_score(cv, cfg, seeds, on_epoch=lambda e, r: guard.check())[1]
     except TrialLimitExceeded:
         kind, detail = guard.reason or ("time", "limit")
@@ -265,15 +264,3 @@ def _split_keys(scores: dict[str, Any], split: str) -> dict[str, Any]:
     out[f"{split}_per_class_f1"] = {c: d["f1"]["mean"] for c, d in scores["per_class"].items()}
     out[f"{split}_confusion"] = scores["confusion"]["total"]
     return out
-
-
-def _report_cv(
-    st: Any, cfg: Any, seeds: list[int], train_s: float, scores: dict[str, Any], split: str, t0: float
-) -> None:
-    from ray import tune
-
-    final = {"epoch": cfg.train.epochs, "train_s": train_s, "seeds": seeds}
-    final.update(_split_keys(scores, split))
-    final["selection"] = f"{st.cv.folds}-fold cv over {'+'.join(st.cv.splits)}"
-    final["trial_s"] = time.perf_counter() - t0
-    tune.report(final)
