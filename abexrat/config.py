@@ -238,6 +238,11 @@ class OptimConfig(Strict):
     batch_size: int = Field(64, ge=1, le=1_000_000)
     lr: float = Field(1e-3, gt=0.0, le=1.0)
     weight_decay: float = Field(0.01, ge=0.0, le=1.0)
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="matmul precision of training: bf16 (fp32 weights and optimizer, bf16 products),"
+        " fp32, or auto = bf16 where the CPU multiplies bf16 natively (AVX-512 BF16 / AMX), else fp32",
+    )
 
 
 class AdversarialConfig(Strict):

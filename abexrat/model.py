@@ -46,15 +46,15 @@ class EnsembleMLP(nn.Module):
         """One scaled keep-mask per hidden layer, shape (S, rows, h), each member from its generator.
 
         The trainer draws a whole epoch's masks at once (rows = n) and slices them per batch: one
-        ``uniform_`` call per member and layer instead of one per batch. ``out``: last epoch's
-        masks, overwritten in place.
+        ``uniform_`` call per member and layer instead of one per batch. ``out``: buffers of at
+        least ``rows`` rows, overwritten in place (the masks are views of their first rows).
         """
         if not self.training or self.dropout <= 0:
             return None
         keep = 1.0 - self.dropout
         masks = []
         for i, h in enumerate(self.dims[1:-1]):
-            u = out[i] if out is not None else torch.empty(len(gens), rows, h)
+            u = out[i][:, :rows] if out is not None else torch.empty(len(gens), rows, h)
             for s, g in enumerate(gens):
                 u[s].uniform_(generator=g)
             masks.append(u.lt_(keep).div_(keep))  # 1/keep where kept, else 0

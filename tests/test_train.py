@@ -90,3 +90,41 @@ def test_scores_match_hand_counts() -> None:
     assert s["confusion"]["total"] == [[3, 1, 0], [1, 3, 0], [0, 0, 2]]
     assert s["per_class"]["c"]["f1"]["mean"] == 1.0 and s["per_class"]["a"]["support"] == 2
     assert abs(s["macro_f1"]["std"] - np.std(s["macro_f1"]["per_seed"], ddof=1)) < 1e-12
+
+
+def test_blocks_and_memory_maps_train_exactly_like_one_array(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """A training set gathered block by block from a memory-mapped file (streamed training) takes
+    the very same steps as one gathered whole from memory."""
+    import abexrat.train
+    from abexrat.train import block_rows
+
+    X, y = _data()
+    whole = fit(X, y, 4, CFG, seeds=[0, 1])
+    X.tofile(tmp_path / "x.f32")
+    mapped = np.memmap(tmp_path / "x.f32", np.float32, mode="c", shape=X.shape)
+    per_row = 2 * (4 * 10 + 8 + 4 * 32)  # two members' inputs, labels and dropout masks
+    monkeypatch.setattr(abexrat.train, "EPOCH_BUFFER_BYTES", 70 * per_row)
+    assert block_rows(300, 2, [10, 32, 4], 32) == 64  # whole batches: 300 rows in 5 blocks
+    blocked = fit(mapped, y, 4, CFG, seeds=[0, 1])
+    assert blocked.scale == whole.scale
+    for p, q in zip(whole.model.parameters(), blocked.model.parameters()):
+        assert torch.equal(p, q)
+    assert blocked.history == whole.history
+
+
+def test_precision_bf16_trains_with_bf16_products_and_still_learns() -> None:
+    from abexrat.train import use_bf16
+
+    assert use_bf16("bf16") and not use_bf16("fp32")
+    X, y = _data()
+    Xv, yv = _data(200, seed=1)
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        cfg = CFG.model_copy(update={"train": CFG.train.model_copy(update={"precision": precision})})
+        runs[precision] = fit(X, y, 4, cfg, seeds=[0])
+        assert runs[precision].precision == precision
+        s = score(yv, predict_proba(runs[precision].model, Xv).argmax(-1), ["a", "b", "c", "d"])
+        assert s["macro_f1"]["mean"] > 0.85
+    # The same seed and steps, rounded differently: close, not equal.
+    w32, w16 = runs["fp32"].model.weights[0].detach(), runs["bf16"].model.weights[0].detach()
+    assert not torch.equal(w32, w16) and float((w32 - w16).abs().max()) < 0.05

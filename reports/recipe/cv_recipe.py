@@ -19,12 +19,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 # Each step adds to the one before (the cumulative path from the paper-like recipe to ours). The
-# batch size is pinned at 64 here: the last ablation row moves to the default's 256.
+# batch size is pinned at 64 here: the last ablation rows move to the default's 256. Products run in
+# fp32 except in the last row (the default's ``train.precision: auto`` is bf16 on this machine).
 STEPS: list[tuple[str, list[str]]] = [
     (
         "paper-like: hybrid, r=1, focal, rat eps=0.5 p=0.5",
         [
             "data.aug_ratio=1.0",
+            "train.precision=fp32",
             "train.batch_size=64",
             "train.lr=0.001",
             "encoder.title_weight=0",
@@ -47,6 +49,11 @@ ABLATIONS: list[tuple[str, list[str]]] = [
     ("recipe, adversarial fgm (every batch)", ["adversarial.method=fgm"]),
     # adopted: studies/baseline.yaml (4x fewer optimizer steps, the trainer nearer its matmul floor)
     ("recipe, batch 256 and lr 0.003", ["train.batch_size=256", "train.lr=0.003"]),
+    # adopted as train.precision=auto (bf16 on CPUs that multiply it natively): ~1.7x faster trials
+    (
+        "recipe, batch 256 and lr 0.003, bf16 products",
+        ["train.batch_size=256", "train.lr=0.003", "train.precision=bf16"],
+    ),
 ]
 
 
