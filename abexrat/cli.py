@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -48,15 +48,29 @@ StreamFlag = Annotated[
 ]
 
 
+class Task:
+    """One progress bar: ``task(n)`` advances it by n; ``finish()`` ends a bar with no known total."""
+
+    def __init__(self, bar: Any, tid: Any) -> None:
+        self.bar, self.tid = bar, tid
+
+    def __call__(self, n: int = 1) -> None:
+        self.bar.advance(self.tid, n)
+
+    def finish(self) -> None:
+        done = self.bar.tasks[self.tid].completed if hasattr(self.bar, "tasks") else 0
+        self.bar.update(self.tid, total=done, completed=done)
+
+
 class Progress:
-    """Rich progress bars on stderr; ``task(name, total)`` returns an advance(n) function."""
+    """Rich progress bars on stderr; ``task(name, total)`` returns a :class:`Task` (call it to advance)."""
 
     def __init__(self, bar: Any) -> None:
         self.bar = bar
 
-    def task(self, name: str, total: int) -> Callable[[int], None]:
-        tid = self.bar.add_task(name, total=total)
-        return lambda n=1: self.bar.advance(tid, n)
+    def task(self, name: str, total: int | None) -> Task:
+        """``total=None``: a count with no known end (a file being scanned)."""
+        return Task(self.bar, self.bar.add_task(name, total=total))
 
 
 @contextmanager
@@ -173,6 +187,14 @@ def train(
     ] = None,
     seeds: Annotated[int | None, typer.Option(help="number of seeds (seed .. seed+N-1)")] = None,
     data_dir: DataDir = None,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream",
+            help="read and encode data.dataset (one .jsonl/.csv/.parquet file) through Ray Data and train "
+            "from vectors on disk (automatic when the file does not fit in memory)",
+        ),
+    ] = False,
 ) -> None:
     """Train one configuration with N seeds; write metrics.json and one model per seed."""
     from abexrat.config import load_train_config
@@ -185,7 +207,7 @@ def train(
         overrides.append(f"data.data_dir={data_dir}")
     cfg = load_train_config(config, overrides)
     with progress() as bar:
-        m = run_config(cfg, out_dir, bar)
+        m = run_config(cfg, out_dir, bar, stream=stream)
     table = Table(title=f"{cfg.name}: {len(m['seeds'])} seed(s), mean ± std")
     for col in ("split", "macro-F1", "weighted-F1", "accuracy"):
         table.add_column(col, justify="right" if col != "split" else "left")

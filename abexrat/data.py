@@ -132,8 +132,8 @@ def _check_fits_in_memory(path: Path) -> None:
     if free is not None and need > free:
         raise UserError(
             f"{path}: {path.stat().st_size / 2**30:.1f} GB on disk needs about {need / 2**30:.1f} GB in memory, "
-            f"{free / 2**30:.1f} GB available; split it or use a machine with more memory "
-            "(abexrat predict and evaluate stream such files through Ray Data)"
+            f"{free / 2**30:.1f} GB available; as one .jsonl, .csv or .parquet file abexrat streams it "
+            "through Ray Data (train, evaluate, predict)"
         )
 
 
@@ -194,20 +194,25 @@ class Columns:
     id: str = "id"
 
 
-def _row_text(path: Path, i: int, row: dict[str, Any], cols: Columns) -> str:
+def _at(i: int | str) -> str:
+    """Where a row is, for messages: ``row 12`` (its number) or a caller's words (``row id '7'``)."""
+    return f"row {i}" if isinstance(i, int) else i
+
+
+def _row_text(path: Path, i: int | str, row: dict[str, Any], cols: Columns) -> str:
     fields = [cols.text] if cols.text else [cols.title, cols.summary]
     if not any(f in row for f in fields):
-        raise UserError(f"{path}: row {i}: missing column {' and '.join(map(short_repr, fields))}")
+        raise UserError(f"{path}: {_at(i)}: missing column {' and '.join(map(short_repr, fields))}")
     for f in fields:
         if row.get(f) is not None and not isinstance(row[f], str):
-            raise UserError(f"{path}: row {i}: column {short_repr(f)} must be text, got {type(row[f]).__name__}")
+            raise UserError(f"{path}: {_at(i)}: column {short_repr(f)} must be text, got {type(row[f]).__name__}")
     text = (
         compose_text(None, row.get(cols.text))
         if cols.text
         else compose_text(row.get(cols.title), row.get(cols.summary))
     )
     if not text:
-        raise UserError(f"{path}: row {i}: empty or null text")
+        raise UserError(f"{path}: {_at(i)}: empty or null text")
     return text
 
 
@@ -220,13 +225,13 @@ def class_index(path: Path, where: str, row: dict[str, Any], label_column: str, 
     return index[label]
 
 
-def _row_label(path: Path, i: int, row: dict[str, Any], cols: Columns) -> str:
+def _row_label(path: Path, i: int | str, row: dict[str, Any], cols: Columns) -> str:
     if cols.label not in row:
-        raise UserError(f"{path}: row {i}: missing column {short_repr(cols.label)}")
+        raise UserError(f"{path}: {_at(i)}: missing column {short_repr(cols.label)}")
     label = row[cols.label]
     if not isinstance(label, str) or not label.strip():
         raise UserError(
-            f"{path}: row {i}: label {short_repr(cols.label)} must be a non-empty string, got {short_repr(label)}"
+            f"{path}: {_at(i)}: label {short_repr(cols.label)} must be a non-empty string, got {short_repr(label)}"
         )
     return label.strip()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,6 +88,20 @@ class EmbeddingCache:
 
 
 STALE_TEMP_S = 3600.0
+
+
+class NoCache(EmbeddingCache):
+    """Keeps nothing: for streamed training, whose feature files are themselves the cache (a
+    per-text cache would store every vector twice, and its lookups read every shard)."""
+
+    def __init__(self) -> None:
+        super().__init__(Path(os.devnull))
+
+    def lookup(self, key: str, digests: list[bytes]) -> dict[bytes, np.ndarray]:
+        return {}
+
+    def add(self, key: str, digests: list[bytes], vectors: np.ndarray) -> None:
+        return None
 
 
 def _drop_stale_temps(folder: Path) -> None:

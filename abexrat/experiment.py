@@ -251,8 +251,14 @@ def load_run(folder: str | Path) -> LoadedRun:
     return LoadedRun(folder, metrics.get("config", {}), classes, enc, EnsembleMLP.from_members(states), seeds)
 
 
-def run_config(cfg: TrainConfig, out: Path, progress: Any = None) -> dict[str, Any]:
-    """``abexrat train``: load, embed, train ``cfg.seeds`` seeds, score, save. Returns metrics.json."""
+def run_config(cfg: TrainConfig, out: Path, progress: Any = None, stream: bool = False) -> dict[str, Any]:
+    """``abexrat train``: load, embed, train ``cfg.seeds`` seeds, score, save. Returns metrics.json.
+
+    A data file too large for memory (or ``stream``) goes through :mod:`abexrat.stream_train`."""
+    from abexrat.stream_train import run_streamed, wants_stream
+
+    if wants_stream(cfg, stream):
+        return run_streamed(cfg, out, progress)
     t0 = time.perf_counter()
     ds = load_dataset(cfg)
     enc = build_encoder(cfg)

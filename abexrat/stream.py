@@ -22,16 +22,33 @@ STREAM_BATCH = 512  # rows per batch: a few MB of text and vectors at a time
 STREAM_SUFFIXES = (".jsonl", ".csv", ".parquet", ".pq")
 
 
-def read_stream(path: Path) -> Any:
-    """A lazy Ray Dataset of the file's rows (JSON Lines, CSV or Parquet)."""
+def quiet_data() -> None:
+    """abexrat draws its own progress bars: Ray Data's (logged every 10 s when stdout is not a
+    terminal) and its INFO lines would bury them."""
+    import logging
+
     import ray.data
 
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+def check_streamable(path: Path) -> None:
+    """A file Ray Data can read in blocks: JSON Lines, CSV or Parquet (a JSON list is one document)."""
     suffix = path.suffix.lower()
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     if suffix not in STREAM_SUFFIXES:
         hint = " (convert a JSON list to JSON Lines, one report per line)" if suffix == ".json" else ""
         raise UserError(f"{path}: streaming reads .jsonl, .csv or .parquet, not {suffix!r}{hint}")
+
+
+def read_stream(path: Path) -> Any:
+    """A lazy Ray Dataset of the file's rows (JSON Lines, CSV or Parquet)."""
+    import ray.data
+
+    check_streamable(path)
+    suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return ray.data.read_json(str(path), lines=True)
     if suffix == ".csv":
@@ -115,6 +132,7 @@ def scored_batches(
     from abexrat.study.runner import connect
 
     started = connect(None)
+    quiet_data()
     try:
         ds = read_stream(path).map_batches(
             Scorer,

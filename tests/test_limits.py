@@ -188,13 +188,14 @@ limits: {trial_memory_gb: 0.01}
     assert not (out / "summary.json").exists()
 
 
-def test_a_dataset_too_large_for_memory_is_refused_in_one_line(
+def test_a_dataset_too_large_for_memory_that_cannot_stream_is_refused_in_one_line(
     tmp_path: Path,
     tiny_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
     cli,  # noqa: ANN001
 ) -> None:
-    """Rows are held in memory: a file that cannot fit ends with one line before loading, not an OOM kill."""
+    """A JSON list is one document: too large to read whole, it cannot stream either (a .jsonl, .csv or
+    .parquet file streams: tests/test_stream_train.py), so it ends in one line before loading."""
     import abexrat.data
 
     big = tmp_path / "big.json"
@@ -203,5 +204,6 @@ def test_a_dataset_too_large_for_memory_is_refused_in_one_line(
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f'data: {{dataset: "{big}"}}\n')
     r = cli("train", cfg, "--out", tmp_path / "out")
-    assert r.code == 2 and "needs about" in r.stderr and "GB available" in r.stderr
-    assert str(big) in " ".join(r.stderr.split()) and not (tmp_path / "out").exists()
+    msg = " ".join(r.stderr.split())
+    assert r.code == 2 and "needs about" in msg and "GB available" in msg and "abexrat streams it" in msg
+    assert str(big) in msg and not (tmp_path / "out").exists() and "scanning" not in msg

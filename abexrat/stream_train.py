@@ -1,0 +1,403 @@
+"""Training on a dataset larger than memory: Ray Data reads and encodes it, training reads the
+vectors from disk.
+
+``abexrat train`` takes this path when ``data.dataset`` is one JSON Lines, CSV or Parquet file whose
+rows would not fit in memory (:func:`abexrat.data.fits_in_memory`), or with ``--stream``:
+
+1. **Scan.** Ray Data reads the file in blocks and checks each row's text and label. A row's split
+   comes from a hash of its text, seeded by ``data.split_seed``, at ``data.val_fraction`` and
+   ``data.test_fraction``: identical reports always share a split, so none is in both train and
+   test. The driver keeps only class counts and a seeded reservoir sample of at most
+   ``FIT_SAMPLE`` training texts, which a fitted encoder (the tf-idf part) fits on.
+2. **Encode.** Ray Data actors holding the fitted encoder embed each batch (and, with
+   ``data.untitled_copies``, each titled training row once more without its title); the driver
+   appends each split's vectors to a float32 file. The files sit in the cache under a key of the
+   file (path, size, mtime), the columns, the split settings and the encoder; they are written in a
+   temporary folder and renamed when complete, so a rerun encodes nothing and a killed run leaves
+   no half-written features.
+3. **Train and score.** :func:`abexrat.train.fit` trains on the memory-mapped training vectors, a
+   block of rows at a time; val and test are scored a chunk at a time into confusion matrices.
+
+The run folder is an in-memory run's. Not streamed: synthetic pools (``data.aug_pool`` must be
+``none``, or ``published``, of which a user's file has none) and the duplicate-id check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from abexrat.config import TrainConfig
+from abexrat.data import (
+    Columns,
+    _check_fits_in_memory,
+    _class_order,
+    _row_label,
+    _row_text,
+    fits_in_memory,
+    split_title,
+)
+from abexrat.errors import UserError
+from abexrat.stream import (
+    STREAM_BATCH,
+    STREAM_SUFFIXES,
+    _plain,
+    _user_error,
+    _where,
+    check_streamable,
+    quiet_data,
+    read_stream,
+)
+
+FIT_SAMPLE = 50_000  # training texts a fitted encoder learns from
+SPLITS = ("train", "val", "test")
+FORMAT = 1  # the feature files' layout; part of their cache key
+
+
+def wants_stream(cfg: TrainConfig, asked: bool) -> bool:
+    """Whether ``abexrat train`` streams: asked (``--stream``), or a data file too large for memory."""
+    path = Path(cfg.data.dataset)
+    if cfg.data.dataset == "osha" or not path.is_file():
+        if asked:
+            raise UserError(f"data.dataset: --stream trains on one .jsonl, .csv or .parquet file, not {path}")
+        return False
+    if asked:
+        return True
+    if fits_in_memory(path):
+        return False
+    if path.suffix.lower() not in STREAM_SUFFIXES:
+        _check_fits_in_memory(path)  # refuse in one line: too large to read whole, a format that cannot stream
+    return True
+
+
+def split_of(text: str, seed: int, val_fraction: float, test_fraction: float) -> int:
+    """0 (train), 1 (val) or 2 (test), from a seeded hash of the text alone."""
+    h = hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=seed.to_bytes(8, "little"))
+    u = int.from_bytes(h.digest(), "little") / 2**64
+    return 2 if u < test_fraction else 1 if u < test_fraction + val_fraction else 0
+
+
+class RowReader:
+    """Checks a batch of raw rows: their ids, texts, labels and splits (the scan's map function and
+    the encoder actors' first step). A bad row raises the one-line UserError naming it."""
+
+    def __init__(self, path: str, cfg: dict[str, Any]) -> None:
+        d = TrainConfig.model_validate(cfg).data
+        self.path = Path(path)
+        self.cols = Columns(text=d.text_column, label=d.label_column, title=d.title_column, summary=d.summary_column)
+        self.split_args = (d.split_seed, d.val_fraction, d.test_fraction)
+
+    def rows(self, batch: dict[str, np.ndarray]) -> tuple[list[str], list[str], list[str], np.ndarray]:
+        keys = list(batch)
+        n = len(batch[keys[0]]) if keys else 0
+        rows = [{k: _plain(batch[k][i]) for k in keys} for i in range(n)]
+        ids = [str(next((r[f] for f in (self.cols.id, "id", "idx") if r.get(f) is not None), "")) for r in rows]
+        texts = [_row_text(self.path, _where(rid), r, self.cols) for rid, r in zip(ids, rows)]
+        labels = [_row_label(self.path, _where(rid), r, self.cols) for rid, r in zip(ids, rows)]
+        splits = np.asarray([split_of(t, *self.split_args) for t in texts], np.int8)
+        return ids, texts, labels, splits
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The scan: id, label and split of every row; the text of training rows only."""
+        try:
+            ids, texts, labels, splits = self.rows(batch)
+        except UserError as e:
+            return _error_batch(str(e))
+        texts = [t if s == 0 else "" for t, s in zip(texts, splits)]
+        return {
+            "id": _obj(ids),
+            "text": _obj(texts),
+            "label": _obj(labels),
+            "split": splits,
+            "error": _obj([""] * len(ids)),
+        }
+
+
+class Embedder(RowReader):
+    """A Ray Data actor: loads the fitted encoder once, then maps raw rows to vectors ``x`` (n, d),
+    class indices ``y`` and splits (untitled copies of titled training rows appended as train)."""
+
+    def __init__(self, path: str, cfg: dict[str, Any], encoder_dir: str, classes: list[str]) -> None:
+        import torch
+
+        from abexrat.encoders import load_encoder
+
+        super().__init__(path, cfg)
+        torch.set_num_threads(1)
+        self.enc = load_encoder(Path(encoder_dir))
+        self.index = {c: k for k, c in enumerate(classes)}
+        self.untitled = TrainConfig.model_validate(cfg).data.untitled_copies
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from abexrat.embed import NoCache, embed_texts
+
+        try:
+            ids, texts, labels, splits = self.rows(batch)
+        except UserError as e:
+            return _error_batch(str(e))
+        y = [self.index.get(label, -1) for label in labels]
+        n = len(y)
+        if self.untitled:
+            for k in [k for k in range(len(texts)) if splits[k] == 0 and split_title(texts[k])[0]]:
+                texts.append(split_title(texts[k])[1])
+                y.append(y[k])
+            splits = np.concatenate([splits, np.zeros(len(texts) - len(splits), np.int8)])
+        x = embed_texts(self.enc, texts, cache=NoCache())
+        copy = np.arange(len(y)) >= n  # the untitled copies, appended after the file's rows
+        out = {"x": x.astype(np.float32), "y": np.asarray(y, np.int64), "split": splits, "copy": copy}
+        return {**out, "error": _obj([""] * len(y))}
+
+
+def _obj(values: list[str]) -> np.ndarray:
+    return np.asarray(values, dtype=object)
+
+
+def _error_batch(message: str) -> dict[str, np.ndarray]:
+    """One row carrying the error: Ray Data would retry a raising batch and wrap its message."""
+    return {"error": _obj([message])}
+
+
+def _batches(ds: Any, path: Path) -> Any:
+    """The dataset's output batches, raising a bad row's message as the UserError it is."""
+    try:
+        for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            bad = [e for e in b["error"] if e]
+            if bad:
+                raise UserError(bad[0])
+            yield b
+    except UserError:
+        raise
+    except Exception as e:  # the file itself is unreadable (Ray Data's reader failed)
+        raise _user_error(e, path) from None
+
+
+def scan(path: Path, cfg: TrainConfig, advance: Any = None) -> tuple[list[str], dict[str, Counter], list[str]]:
+    """Pass 1: (classes, label counts per split, a seeded sample of <= FIT_SAMPLE training texts)."""
+    ds = read_stream(path).map_batches(
+        RowReader,
+        fn_constructor_kwargs={"path": str(path), "cfg": cfg.model_dump(mode="json")},
+        batch_size=STREAM_BATCH,
+        batch_format="numpy",
+        compute=_pool(),
+    )
+    counts: dict[str, Counter] = {s: Counter() for s in SPLITS}
+    first: dict[tuple[str, str], str] = {}  # (split, label) -> the first such row, for messages
+    rng = np.random.default_rng(cfg.data.split_seed)
+    sample: list[str] = []
+    seen_train = 0
+    for b in _batches(ds, path):
+        for rid, text, label, split in zip(b["id"], b["text"], b["label"], b["split"]):
+            name = SPLITS[split]
+            counts[name][label] += 1
+            first.setdefault((name, label), rid)
+            if split == 0:  # reservoir sampling (Algorithm R): each training text equally likely
+                seen_train += 1
+                if len(sample) < FIT_SAMPLE:
+                    sample.append(text)
+                elif (j := int(rng.integers(seen_train))) < FIT_SAMPLE:
+                    sample[j] = text
+        if advance:
+            advance(len(b["id"]))
+    if not counts["train"]:
+        raise UserError(f"{path}: no training rows (is the file empty?)")
+    classes = _class_order(list(counts["train"]))
+    for name in ("val", "test"):
+        for label in counts[name]:
+            if label not in counts["train"]:
+                raise UserError(
+                    f"{path}: {_where(first[(name, label)])}: label {label!r} is in {name} but never in training"
+                )
+    return classes, counts, sample
+
+
+def _pool() -> Any:
+    import ray.data
+
+    return ray.data.ActorPoolStrategy(size=1)
+
+
+def features_key(path: Path, cfg: TrainConfig, encoder_key: str) -> str:
+    """The feature files' content key: the file as it is on disk, how it is read and split, the encoder."""
+    st = path.stat()
+    d = cfg.data
+    spec = {
+        "format": FORMAT,
+        "file": [str(path.resolve()), st.st_size, st.st_mtime_ns],
+        "columns": [d.text_column, d.label_column, d.title_column, d.summary_column],
+        "split": [d.split_seed, d.val_fraction, d.test_fraction],
+        "untitled": d.untitled_copies,
+        "encoder": encoder_key,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def encode(
+    path: Path, cfg: TrainConfig, encoder_dir: Path, classes: list[str], folder: Path, advance: Any = None
+) -> None:
+    """Pass 2: every split's vectors and labels into ``folder`` (written aside, then renamed)."""
+    ds = read_stream(path).map_batches(
+        Embedder,
+        fn_constructor_kwargs={
+            "path": str(path),
+            "cfg": cfg.model_dump(mode="json"),
+            "encoder_dir": str(encoder_dir),
+            "classes": classes,
+        },
+        batch_size=STREAM_BATCH,
+        batch_format="numpy",
+        compute=_pool(),
+    )
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        rows, dim = dict.fromkeys(SPLITS, 0), 0
+        with ExitStack() as stack:
+            files = {
+                s: (stack.enter_context(open(tmp / f"{s}.f32", "wb")), stack.enter_context(open(tmp / f"{s}.y", "wb")))
+                for s in SPLITS
+            }
+            for b in _batches(ds, path):
+                dim = b["x"].shape[1]
+                for k, s in enumerate(SPLITS):
+                    keep = b["split"] == k
+                    files[s][0].write(np.ascontiguousarray(b["x"][keep], np.float32).tobytes())
+                    files[s][1].write(b["y"][keep].astype(np.int64).tobytes())
+                    rows[s] += int(keep.sum())
+                if advance:
+                    advance(int((~b["copy"]).sum()))
+        (tmp / "meta.json").write_text(json.dumps({"rows": rows, "dim": dim, "classes": classes}))
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not complete(folder):  # else another run finished the same features first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def complete(folder: Path) -> bool:
+    """Whether ``folder`` holds whole feature files: each of the sizes its meta.json names (a file
+    cut short or grown by anything outside abexrat is encoded again)."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        rows, dim = meta["rows"], int(meta["dim"])
+        ok = all(
+            (folder / f"{s}.f32").stat().st_size == 4 * dim * rows[s]
+            and (folder / f"{s}.y").stat().st_size == 8 * rows[s]
+            for s in SPLITS
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        shutil.rmtree(folder, ignore_errors=True)
+    return ok
+
+
+def open_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A split's vectors, memory-mapped (n, d) float32, and its labels (n,) int64."""
+    meta = json.loads((folder / "meta.json").read_text())
+    n, d = meta["rows"][split], meta["dim"]
+    y = np.fromfile(folder / f"{split}.y", np.int64)
+    if n == 0:
+        return np.zeros((0, d), np.float32), y
+    # copy-on-write: torch wants a writable array, and nothing must ever write back into the cache
+    return np.memmap(folder / f"{split}.f32", np.float32, mode="c", shape=(n, d)), y
+
+
+def confusion(model: Any, X: np.ndarray, y: np.ndarray, n_classes: int, chunk: int = 65536) -> np.ndarray:
+    """Per-seed confusion matrices (S, C, C), rows true, scoring X a chunk at a time."""
+    from abexrat.train import predict_proba
+
+    conf = np.zeros((model.n_members, n_classes, n_classes), np.int64)
+    for i in range(0, len(X), chunk):
+        pred = predict_proba(model, np.asarray(X[i : i + chunk])).argmax(-1)  # (S, n)
+        for s, p in enumerate(pred):
+            conf[s] += np.bincount(y[i : i + chunk] * n_classes + p, minlength=n_classes**2).reshape(
+                n_classes, n_classes
+            )
+    return conf
+
+
+def run_streamed(cfg: TrainConfig, out: Path, progress: Any = None) -> dict[str, Any]:
+    """``abexrat train`` on a file larger than memory (see the module docstring). Returns metrics.json."""
+    from abexrat.embed import EmbeddingCache, fitted_encoder
+    from abexrat.encoders import save_encoder
+    from abexrat.experiment import build_encoder, save_run
+    from abexrat.metrics import score_confusion
+    from abexrat.study.runner import connect
+    from abexrat.train import fit
+
+    t0 = time.perf_counter()
+    path = Path(cfg.data.dataset)
+    if cfg.data.aug_pool not in ("none", "published"):
+        raise UserError(
+            f"data.aug_pool: streamed training uses the file's own rows; set it to 'none', not {cfg.data.aug_pool!r}"
+        )
+    check_streamable(path)  # before Ray starts
+    started = connect(None)
+    quiet_data()
+    try:
+        advance = progress.task("scanning", None) if progress else None
+        classes, counts, sample = scan(path, cfg, advance)
+        if advance:
+            advance.finish()
+        enc = build_encoder(cfg)
+        cache = EmbeddingCache()
+        t_fit = time.perf_counter()
+        fitted_encoder(enc, sample, cache)
+        fit_s = time.perf_counter() - t_fit
+        folder = cache.root / "streamed" / features_key(path, cfg, enc.key)
+        encode_s, encoded = 0.0, 0
+        if not (folder / "meta.json").is_file():
+            staged = out / "encoder"
+            save_encoder(enc, staged)  # the actors load it from here; save_run writes it again, unchanged
+            t_enc = time.perf_counter()
+            n_rows = sum(sum(c.values()) for c in counts.values())
+            advance = progress.task("encoding", n_rows) if progress else None
+            encode(path, cfg, staged, classes, folder, advance)
+            encode_s, encoded = time.perf_counter() - t_enc, n_rows
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    (X, y), (Xv, yv), (Xt, yt) = (open_split(folder, s) for s in SPLITS)
+    if not len(yv) or not len(yt):
+        raise UserError(f"{path}: too few rows for a val and a test split ({len(yv)} val, {len(yt)} test)")
+    seeds = cfg.seed_list()
+    tick = progress.task(f"training {len(seeds)} seed(s)", cfg.train.epochs) if progress else None
+    result = fit(X, y, len(classes), cfg, seeds, val=(Xv, yv), on_epoch=(lambda e, r: tick(1)) if tick else None)
+    scores = {
+        s: score_confusion(confusion(result.model, Xs, ys, len(classes)), classes)
+        for s, Xs, ys in (("val", Xv, yv), ("test", Xt, yt))
+    }
+    metrics = {
+        "config": cfg.model_dump(mode="json"),
+        "seeds": seeds,
+        "classes": classes,
+        "val": scores["val"],
+        "test": scores["test"],
+        "train_size": int(len(y)),
+        "history": result.history,
+        "streamed": {"rows": {s: dict(counts[s]) for s in SPLITS}, "fit_sample": len(sample), "features": str(folder)},
+        "timings": {
+            "encode_s": encode_s,
+            "fit_encoder_s": fit_s,
+            "texts_encoded": encoded,
+            "texts_cached": 0 if encoded else int(len(y) + len(yv) + len(yt)),
+            "train_s": result.train_s,
+            "total_s": time.perf_counter() - t0,
+        },
+    }
+    save_run(out, cfg, enc, classes, result, metrics)
+    return metrics
