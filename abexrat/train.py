@@ -159,6 +159,8 @@ def fit(
                 torch.index_select(Xt, 0, perm[b0 : b0 + m], out=X_blk[s, :m])
                 torch.index_select(yt, 0, perm[b0 : b0 + m], out=y_blk[s, :m])
             masks_blk = model.dropout_masks(m, drop_gens, out=masks_buf)
+            if bf16 and masks_blk is not None:  # bf16 activations times fp32 masks would promote to fp32
+                masks_blk = [mk.bfloat16() for mk in masks_blk]
             for start in range(0, m, B):
                 xb, yb = X_blk[:, start : min(start + B, m)], y_blk[:, start : min(start + B, m)]
                 masks = None if masks_blk is None else [mk[:, start : min(start + B, m)] for mk in masks_blk]
