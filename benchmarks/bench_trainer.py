@@ -177,17 +177,19 @@ def analytic_flops(dims: list[int], S: int, steps: list[tuple[int, int]], method
     return {"clean": clean, "attack": attack, "validation": val, "total": clean + attack + val}
 
 
-def bench(method: str, S: int, threads: int, epochs: int, repeats: int, data: tuple[Any, ...]) -> dict[str, Any]:
+def bench(
+    method: str, S: int, threads: int, epochs: int, repeats: int, data: tuple[Any, ...], precision: str = "auto"
+) -> dict[str, Any]:
     import torch
 
     from abexrat.config import TrainConfig
-    from abexrat.train import fit
+    from abexrat.train import fit, use_bf16
 
     X, y, Xv, yv, C, base = data
     cfg = TrainConfig.model_validate(
         {
             **base.model_dump(),
-            "train": {**base.train.model_dump(), "epochs": epochs},
+            "train": {**base.train.model_dump(), "epochs": epochs, "precision": precision},
             "adversarial": {**base.adversarial.model_dump(), "method": method},
         }
     )
@@ -225,6 +227,7 @@ def bench(method: str, S: int, threads: int, epochs: int, repeats: int, data: tu
     steps = [(min(B, n - start), hit) for (start, hit) in zip([s for _ in range(epochs) for s in range(0, n, B)], hits)]
     return {
         "method": method,
+        "precision": "bf16" if use_bf16(precision) else "fp32",
         "seeds": S,
         "threads": threads,
         "epochs": epochs,
@@ -252,6 +255,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default="rat,none", help="adversarial methods, comma-separated (first: headline)")
     p.add_argument("--threads", default="1,2", help="torch threads, comma-separated (first: headline)")
+    p.add_argument(
+        "--precisions", default="auto,fp32", help="train.precision values, comma-separated (first: headline)"
+    )
     p.add_argument("--seeds", type=int, default=3, help="S: seeds trained as one batched model")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3, help="alternating trainer / floor rounds")
@@ -263,16 +269,18 @@ def main() -> None:
     data = load_features(args.aug_ratio, args.synthetic)
     runs = []
     for threads in [int(t) for t in args.threads.split(",")]:
-        for method in args.methods.split(","):
-            r = bench(method, args.seeds, threads, args.epochs, args.repeats, data)
-            print(
-                f"{method:5s} S={r['seeds']} threads={threads}: {r['s_per_epoch']:.3f} s/epoch, "
-                f"{r['trainer_gflops']:.1f} GFLOP/s vs floor {r['floor_gflops']:.1f} "
-                f"-> {r['trainer_flops_fraction']:.2f}",
-                file=sys.stderr,
-            )
-            runs.append(r)
+        for precision in args.precisions.split(","):
+            for method in args.methods.split(","):
+                r = bench(method, args.seeds, threads, args.epochs, args.repeats, data, precision)
+                runs.append(r)
+                print(
+                    f"{method:5s} {r['precision']} S={r['seeds']} threads={threads}: {r['s_per_epoch']:.3f} s/epoch, "
+                    f"{r['trainer_gflops']:.1f} GFLOP/s vs floor {r['floor_gflops']:.1f} "
+                    f"-> {r['trainer_flops_fraction']:.2f}",
+                    file=sys.stderr,
+                )
     head = runs[0]
+    fp32 = next((r for r in runs if r["precision"] == "fp32" and r["method"] == head["method"]), None)
     write_json(
         args.json,
         {
@@ -280,7 +288,10 @@ def main() -> None:
             "trainer_flops_fraction": head["trainer_flops_fraction"],
             "trainer_gflops": head["trainer_gflops"],
             "floor_gflops": head["floor_gflops"],
-            "headline": {k: head[k] for k in ("method", "seeds", "threads", "inputs", "clock")},
+            # the same method in fp32 products, against the fp32 floor (the headline's is bf16 where auto chose it)
+            "trainer_flops_fraction_fp32": fp32["trainer_flops_fraction"] if fp32 else None,
+            "trainer_gflops_fp32": fp32["trainer_gflops"] if fp32 else None,
+            "headline": {k: head[k] for k in ("method", "precision", "seeds", "threads", "inputs", "clock")},
             "runs": runs,
         },
     )

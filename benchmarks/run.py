@@ -10,7 +10,9 @@ Headline keys (the issue's targets in ``targets``):
   trials), abexrat's study with W&B tracking on (offline). Target <= 0.10.
 - ``speedup_vs_naive``: trials per hour of abexrat's study / those of the naive set-up, same space,
   budget, seeds and machine, in this run; ``best_val_macro_f1`` of each. Target >= 3, F1 not lower.
-- ``trainer_flops_fraction``: the trainer's FLOP/s / a tight-loop replay of the same matmuls. Target >= 0.70.
+- ``trainer_flops_fraction``: the trainer's FLOP/s / a tight-loop replay of the same matmuls, at the
+  recipe's ``train.precision`` (``trainer_precision``: bf16 where ``auto`` chose it). Target >= 0.70.
+  ``trainer_flops_fraction_fp32``: the same with fp32 products, against the fp32 replay.
 - ``embedding_texts_per_s``: per encoder (hf-* are toy random-weight models).
 - ``peak_rss_mb``: the study's driver, a trial worker, and all its processes together. Target <= 4096.
 
@@ -93,6 +95,9 @@ def main() -> None:
         "trainer_flops_fraction": trainer.get("trainer_flops_fraction"),
         "trainer_gflops": trainer.get("trainer_gflops"),
         "floor_gflops": trainer.get("floor_gflops"),
+        "trainer_precision": trainer.get("headline", {}).get("precision"),
+        "trainer_flops_fraction_fp32": trainer.get("trainer_flops_fraction_fp32"),
+        "trainer_gflops_fp32": trainer.get("trainer_gflops_fp32"),
         "embedding_texts_per_s": embed.get("embedding_texts_per_s"),
         "peak_rss_mb": {
             "driver": mem.get("driver_peak_rss_mb"),
