@@ -22,14 +22,18 @@ STREAM_BATCH = 512  # rows per batch: a few MB of text and vectors at a time
 STREAM_SUFFIXES = (".jsonl", ".csv", ".parquet", ".pq")
 
 
-def quiet_data() -> None:
-    """abexrat draws its own progress bars: Ray Data's (logged every 10 s when stdout is not a
-    terminal) and its INFO lines would bury them."""
+def setup_data() -> None:
+    """abexrat's Ray Data settings: rows come out in file order (predictions print in the file's
+    order, and streamed training's feature files, hence its runs, are the same every time); and
+    abexrat draws its own progress bars, which Ray Data's (logged every 10 s when stdout is not a
+    terminal) and its INFO lines would bury."""
     import logging
 
     import ray.data
 
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
@@ -127,40 +131,45 @@ def scored_batches(
     run_dir: Path, path: Path, text_column: str | None, label_column: str | None = None
 ) -> Iterator[dict[str, np.ndarray]]:
     """Scorer output for every batch of ``path``, in file order, with an embedded local Ray if none runs."""
-    import ray.data
-
     from abexrat.study.runner import connect
 
     started = connect(None)
-    quiet_data()
+    setup_data()
     try:
-        ds = read_stream(path).map_batches(
-            Scorer,
-            fn_constructor_kwargs={
-                "run_dir": str(run_dir),
-                "path": str(path),
-                "text_column": text_column,
-                "label_column": label_column,
-            },
-            batch_size=STREAM_BATCH,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=1),
-        )
-        try:
-            for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                bad = [e for e in b["error"] if e]
-                if bad:
-                    raise UserError(bad[0])
-                yield b
-        except UserError:
-            raise
-        except Exception as e:  # the file itself is unreadable (Ray Data's reader failed)
-            raise _user_error(e, path) from None
+        kwargs = {"run_dir": str(run_dir), "path": str(path), "text_column": text_column, "label_column": label_column}
+        yield from checked_batches(map_stream(path, Scorer, kwargs), path)
     finally:
         if started:
             import ray
 
             ray.shutdown()
+
+
+def map_stream(path: Path, actor: type, kwargs: dict[str, Any]) -> Any:
+    """The file's rows in batches of ``STREAM_BATCH`` through one ``actor(**kwargs)`` (lazy)."""
+    import ray.data
+
+    return read_stream(path).map_batches(
+        actor,
+        fn_constructor_kwargs=kwargs,
+        batch_size=STREAM_BATCH,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=1),
+    )
+
+
+def checked_batches(ds: Any, path: Path) -> Iterator[dict[str, np.ndarray]]:
+    """The dataset's output batches; a batch's ``error`` (a bad row) is raised as the UserError it is."""
+    try:
+        for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            bad = [e for e in b["error"] if e]
+            if bad:
+                raise UserError(bad[0])
+            yield b
+    except UserError:
+        raise
+    except Exception as e:  # the file itself is unreadable (Ray Data's reader failed)
+        raise _user_error(e, path) from None
 
 
 def _user_error(e: BaseException, path: Path) -> UserError:

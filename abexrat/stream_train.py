@@ -48,14 +48,13 @@ from abexrat.data import (
 )
 from abexrat.errors import UserError
 from abexrat.stream import (
-    STREAM_BATCH,
     STREAM_SUFFIXES,
     _plain,
-    _user_error,
     _where,
     check_streamable,
-    quiet_data,
-    read_stream,
+    checked_batches,
+    map_stream,
+    setup_data,
 )
 
 FIT_SAMPLE = 50_000  # training texts a fitted encoder learns from
@@ -166,35 +165,15 @@ def _error_batch(message: str) -> dict[str, np.ndarray]:
     return {"error": _obj([message])}
 
 
-def _batches(ds: Any, path: Path) -> Any:
-    """The dataset's output batches, raising a bad row's message as the UserError it is."""
-    try:
-        for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            bad = [e for e in b["error"] if e]
-            if bad:
-                raise UserError(bad[0])
-            yield b
-    except UserError:
-        raise
-    except Exception as e:  # the file itself is unreadable (Ray Data's reader failed)
-        raise _user_error(e, path) from None
-
-
 def scan(path: Path, cfg: TrainConfig, advance: Any = None) -> tuple[list[str], dict[str, Counter], list[str]]:
     """Pass 1: (classes, label counts per split, a seeded sample of <= FIT_SAMPLE training texts)."""
-    ds = read_stream(path).map_batches(
-        RowReader,
-        fn_constructor_kwargs={"path": str(path), "cfg": cfg.model_dump(mode="json")},
-        batch_size=STREAM_BATCH,
-        batch_format="numpy",
-        compute=_pool(),
-    )
+    ds = map_stream(path, RowReader, {"path": str(path), "cfg": cfg.model_dump(mode="json")})
     counts: dict[str, Counter] = {s: Counter() for s in SPLITS}
     first: dict[tuple[str, str], str] = {}  # (split, label) -> the first such row, for messages
     rng = np.random.default_rng(cfg.data.split_seed)
     sample: list[str] = []
     seen_train = 0
-    for b in _batches(ds, path):
+    for b in checked_batches(ds, path):
         for rid, text, label, split in zip(b["id"], b["text"], b["label"], b["split"]):
             name = SPLITS[split]
             counts[name][label] += 1
@@ -219,12 +198,6 @@ def scan(path: Path, cfg: TrainConfig, advance: Any = None) -> tuple[list[str], 
     return classes, counts, sample
 
 
-def _pool() -> Any:
-    import ray.data
-
-    return ray.data.ActorPoolStrategy(size=1)
-
-
 def features_key(path: Path, cfg: TrainConfig, encoder_key: str) -> str:
     """The feature files' content key: the file as it is on disk, how it is read and split, the encoder."""
     st = path.stat()
@@ -244,18 +217,13 @@ def encode(
     path: Path, cfg: TrainConfig, encoder_dir: Path, classes: list[str], folder: Path, advance: Any = None
 ) -> None:
     """Pass 2: every split's vectors and labels into ``folder`` (written aside, then renamed)."""
-    ds = read_stream(path).map_batches(
-        Embedder,
-        fn_constructor_kwargs={
-            "path": str(path),
-            "cfg": cfg.model_dump(mode="json"),
-            "encoder_dir": str(encoder_dir),
-            "classes": classes,
-        },
-        batch_size=STREAM_BATCH,
-        batch_format="numpy",
-        compute=_pool(),
-    )
+    kwargs = {
+        "path": str(path),
+        "cfg": cfg.model_dump(mode="json"),
+        "encoder_dir": str(encoder_dir),
+        "classes": classes,
+    }
+    ds = map_stream(path, Embedder, kwargs)
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -266,7 +234,7 @@ def encode(
                 s: (stack.enter_context(open(tmp / f"{s}.f32", "wb")), stack.enter_context(open(tmp / f"{s}.y", "wb")))
                 for s in SPLITS
             }
-            for b in _batches(ds, path):
+            for b in checked_batches(ds, path):
                 dim = b["x"].shape[1]
                 for k, s in enumerate(SPLITS):
                     keep = b["split"] == k
@@ -345,7 +313,7 @@ def run_streamed(cfg: TrainConfig, out: Path, progress: Any = None) -> dict[str,
         )
     check_streamable(path)  # before Ray starts
     started = connect(None)
-    quiet_data()
+    setup_data()
     try:
         advance = progress.task("scanning", None) if progress else None
         classes, counts, sample = scan(path, cfg, advance)

@@ -90,6 +90,14 @@ def test_train_streams_a_file_too_large_for_memory(
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert again["timings"]["texts_encoded"] == 0 and again["timings"]["texts_cached"] == len(rows) + titled
     assert again["test"]["macro_f1"] == m["test"]["macro_f1"]
+    # Encoded afresh, the features come out in file order again: the same command, the same run.
+    import shutil
+
+    shutil.rmtree(folder)
+    r = cli(*args, "--out", tmp_path / "fresh")
+    assert r.code == 0, r.stderr
+    fresh = json.loads((tmp_path / "fresh" / "metrics.json").read_text())
+    assert fresh["timings"]["texts_encoded"] == len(rows) and fresh["history"] == m["history"]
 
     # The trained run scores like any other (predict streams the file too).
     p = cli("predict", tmp_path / "run", data, "--jsonl")
