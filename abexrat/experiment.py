@@ -99,12 +99,33 @@ class Features:
     # The titled training originals again, embedded without their title (``data.untitled_copies``).
     X_untitled: np.ndarray | None = None
     y_untitled: np.ndarray | None = None
+    # Streamed features (``abexrat.stream_train``): the X_* are memory-mapped from this folder, and
+    # pickling them (``ray.put``) sends the folder's name, not the arrays.
+    mapped: str | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if self.mapped:
+            state.update(X_train=None, X_val=None, X_test=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.mapped:
+            from abexrat.stream_train import open_split
+
+            (self.X_train, _), (self.X_val, _), (self.X_test, _) = (
+                open_split(Path(self.mapped), s) for s in ("train", "val", "test")
+            )
 
     def training_set(self, ratio: float, seed: int, untitled: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Originals plus, per class, the first ceil(ratio n) synthetic rows in a seeded order, plus
-        (``untitled``) the titled originals without their title. X (n, dim) float32, y (n,) int64."""
+        (``untitled``) the titled originals without their title. X (n, dim) float32, y (n,) int64
+        (the originals themselves, not a copy, when nothing is added)."""
         pool = Split([""] * len(self.y_synth), [""] * len(self.y_synth), self.y_synth, self.synth_sources)
         pick = select_synthetic(pool, len(self.classes), ratio, seed)
+        if not len(pick) and not (untitled and self.X_untitled is not None):
+            return self.X_train, self.y_train
         Xs, ys = [self.X_train, self.X_synth[pick]], [self.y_train, self.y_synth[pick]]
         if untitled and self.X_untitled is not None:
             Xs.append(self.X_untitled)
@@ -181,7 +202,8 @@ def train_and_score(
     for split, Xs, ys in (("val", feats.X_val, feats.y_val), ("test", feats.X_test, feats.y_test)):
         pred = predict_proba(result.model, Xs).argmax(-1)
         scores[split] = score(ys, pred, feats.classes)
-        scores[f"{split}_pred"] = pred.astype(int).tolist()  # (S, n): paired tests compare these
+        if not feats.mapped:  # (S, n): paired tests compare these; a streamed dataset's are too many
+            scores[f"{split}_pred"] = pred.astype(int).tolist()
     scores["train_size"] = int(len(y))
     return result, scores
 

@@ -20,6 +20,10 @@ rows would not fit in memory (:func:`abexrat.data.fits_in_memory`), or with ``--
 
 The run folder is an in-memory run's. Not streamed: synthetic pools (``data.aug_pool`` must be
 ``none``, or ``published``, of which a user's file has none) and the duplicate-id check.
+
+``abexrat study run`` streams such a file through :func:`stream_features` too: its
+:class:`~abexrat.experiment.Features` are memory-mapped, and pickle (``ray.put``) as the folder's
+name, so every trial maps the same files.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -46,7 +51,9 @@ from abexrat.data import (
     fits_in_memory,
     split_title,
 )
+from abexrat.encoders import Encoder
 from abexrat.errors import UserError
+from abexrat.experiment import Features
 from abexrat.stream import (
     STREAM_SUFFIXES,
     _plain,
@@ -247,7 +254,7 @@ def encode(
         try:
             os.replace(tmp, folder)
         except OSError:
-            if not complete(folder):  # else another run finished the same features first
+            if not (folder / "meta.json").is_file():  # else another run finished the same features first
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -296,58 +303,75 @@ def confusion(model: Any, X: np.ndarray, y: np.ndarray, n_classes: int, chunk: i
     return conf
 
 
-def run_streamed(cfg: TrainConfig, out: Path, progress: Any = None) -> dict[str, Any]:
-    """``abexrat train`` on a file larger than memory (see the module docstring). Returns metrics.json."""
-    from abexrat.embed import EmbeddingCache, fitted_encoder
+def stream_features(cfg: TrainConfig, progress: Any = None) -> tuple[Features, Encoder, dict[str, Any]]:
+    """Scan, fit the encoder and (unless the cache has them) encode ``cfg``'s data file; Ray must be
+    up. Returns the memory-mapped features, the fitted encoder and what the streaming found."""
+    from abexrat.embed import EmbeddingCache, EmbedStats, fitted_encoder
     from abexrat.encoders import save_encoder
-    from abexrat.experiment import build_encoder, save_run
-    from abexrat.metrics import score_confusion
-    from abexrat.study.runner import connect
-    from abexrat.train import fit
+    from abexrat.experiment import build_encoder
 
-    t0 = time.perf_counter()
     path = Path(cfg.data.dataset)
     if cfg.data.aug_pool not in ("none", "published"):
         raise UserError(
             f"data.aug_pool: streamed training uses the file's own rows; set it to 'none', not {cfg.data.aug_pool!r}"
         )
-    check_streamable(path)  # before Ray starts
-    started = connect(None)
+    check_streamable(path)
     setup_data()
+    advance = progress.task("scanning", None) if progress else None
+    classes, counts, sample = scan(path, cfg, advance)
+    if advance:
+        advance.finish()
+    enc, cache, stats = build_encoder(cfg), EmbeddingCache(), EmbedStats()
+    t_fit = time.perf_counter()
+    fitted_encoder(enc, sample, cache)
+    stats.fit_s = time.perf_counter() - t_fit
+    folder = cache.root / "streamed" / features_key(path, cfg, enc.key)
+    n_rows = sum(sum(c.values()) for c in counts.values())
+    if complete(folder):
+        stats.cached = n_rows
+    else:
+        advance = progress.task("encoding", n_rows) if progress else None
+        t_enc = time.perf_counter()
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder.parent) as staged:  # the actors load the encoder from here
+            save_encoder(enc, Path(staged) / "encoder")
+            encode(path, cfg, Path(staged) / "encoder", classes, folder, advance)
+        stats.encode_s, stats.encoded = time.perf_counter() - t_enc, n_rows
+    (X, y), (Xv, yv), (Xt, yt) = (open_split(folder, s) for s in SPLITS)
+    if not len(yv) or not len(yt):
+        raise UserError(f"{path}: too few rows for a val and a test split ({len(yv)} val, {len(yt)} test)")
+    d = X.shape[1]
+    empty = np.zeros((0, d), np.float32), np.zeros(0, np.int64)
+    feats = Features(classes, X, y, *empty, [], Xv, yv, Xt, yt, enc.key, stats, mapped=str(folder))
+    info = {"rows": {s: dict(counts[s]) for s in SPLITS}, "fit_sample": len(sample), "features": str(folder)}
+    return feats, enc, info
+
+
+def run_streamed(cfg: TrainConfig, out: Path, progress: Any = None) -> dict[str, Any]:
+    """``abexrat train`` on a file larger than memory (see the module docstring). Returns metrics.json."""
+    from abexrat.experiment import save_run
+    from abexrat.metrics import score_confusion
+    from abexrat.study.runner import connect
+    from abexrat.train import fit
+
+    t0 = time.perf_counter()
+    check_streamable(Path(cfg.data.dataset))  # before Ray starts
+    started = connect(None)
     try:
-        advance = progress.task("scanning", None) if progress else None
-        classes, counts, sample = scan(path, cfg, advance)
-        if advance:
-            advance.finish()
-        enc = build_encoder(cfg)
-        cache = EmbeddingCache()
-        t_fit = time.perf_counter()
-        fitted_encoder(enc, sample, cache)
-        fit_s = time.perf_counter() - t_fit
-        folder = cache.root / "streamed" / features_key(path, cfg, enc.key)
-        encode_s, encoded = 0.0, 0
-        if not (folder / "meta.json").is_file():
-            staged = out / "encoder"
-            save_encoder(enc, staged)  # the actors load it from here; save_run writes it again, unchanged
-            t_enc = time.perf_counter()
-            n_rows = sum(sum(c.values()) for c in counts.values())
-            advance = progress.task("encoding", n_rows) if progress else None
-            encode(path, cfg, staged, classes, folder, advance)
-            encode_s, encoded = time.perf_counter() - t_enc, n_rows
+        feats, enc, info = stream_features(cfg, progress)
     finally:
         if started:
             import ray
 
             ray.shutdown()
-    (X, y), (Xv, yv), (Xt, yt) = (open_split(folder, s) for s in SPLITS)
-    if not len(yv) or not len(yt):
-        raise UserError(f"{path}: too few rows for a val and a test split ({len(yv)} val, {len(yt)} test)")
-    seeds = cfg.seed_list()
+    classes, seeds = feats.classes, cfg.seed_list()
     tick = progress.task(f"training {len(seeds)} seed(s)", cfg.train.epochs) if progress else None
-    result = fit(X, y, len(classes), cfg, seeds, val=(Xv, yv), on_epoch=(lambda e, r: tick(1)) if tick else None)
+    X, y = feats.X_train, feats.y_train
+    val = (feats.X_val, feats.y_val)
+    result = fit(X, y, len(classes), cfg, seeds, val=val, on_epoch=(lambda e, r: tick(1)) if tick else None)
     scores = {
         s: score_confusion(confusion(result.model, Xs, ys, len(classes)), classes)
-        for s, Xs, ys in (("val", Xv, yv), ("test", Xt, yt))
+        for s, Xs, ys in (("val", *val), ("test", feats.X_test, feats.y_test))
     }
     metrics = {
         "config": cfg.model_dump(mode="json"),
@@ -357,12 +381,12 @@ def run_streamed(cfg: TrainConfig, out: Path, progress: Any = None) -> dict[str,
         "test": scores["test"],
         "train_size": int(len(y)),
         "history": result.history,
-        "streamed": {"rows": {s: dict(counts[s]) for s in SPLITS}, "fit_sample": len(sample), "features": str(folder)},
+        "streamed": info,
         "timings": {
-            "encode_s": encode_s,
-            "fit_encoder_s": fit_s,
-            "texts_encoded": encoded,
-            "texts_cached": 0 if encoded else int(len(y) + len(yv) + len(yt)),
+            "encode_s": feats.stats.encode_s,
+            "fit_encoder_s": feats.stats.fit_s,
+            "texts_encoded": feats.stats.encoded,
+            "texts_cached": feats.stats.cached,
             "train_s": result.train_s,
             "total_s": time.perf_counter() - t0,
         },

@@ -465,6 +465,20 @@ def _write_table(df: Any, out: Path) -> None:
                 df.to_csv(tmp, index=False)
 
 
+def _check_streamed_study(study: Study) -> None:
+    """What a study over a streamed dataset cannot do: its vectors are encoded once, for the base."""
+    if study.cv is not None:
+        raise UserError(
+            "cv: a dataset too large for memory is split by its rows' hashes; cross-validation needs it in memory"
+        )
+    fixed = [k for k in study.space if k.startswith(("data.", "encoder."))]
+    if fixed:
+        raise UserError(
+            f"space: {fixed[0]}: a dataset too large for memory is read and encoded once, with the base "
+            "config's data and encoder settings; take this key out of the space"
+        )
+
+
 def run_study(
     study: Study,
     out: Path,
@@ -494,8 +508,15 @@ def run_study(
         raise UserError(
             f"{out / SEARCH}: a study already ran here; pass --resume to continue it or choose another --out"
         )
-    ds = load_dataset(base)
-    encoder = build_encoder(base)
+    from abexrat.stream_train import check_streamable, stream_features, wants_stream
+
+    streamed = wants_stream(base, False)  # a data file too large for memory: trials memory-map its vectors
+    if streamed:
+        _check_streamed_study(study)
+        check_streamable(Path(base.data.dataset))
+    else:
+        ds = load_dataset(base)
+        encoder = build_encoder(base)
     mode = wandb_mode(study.tracking)
     started = connect(address)
     try:
@@ -504,7 +525,7 @@ def run_study(
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "study.json", study.model_dump(mode="json"))
         t_enc = time.perf_counter()
-        feats = featurize(ds, encoder, EmbeddingCache())
+        feats = stream_features(base)[0] if streamed else featurize(ds, encoder, EmbeddingCache())
         cv_ref = None
         if study.cv is not None:  # every fold's features, each with its own fitted encoder
             from abexrat.cv import cv_featurize
@@ -559,7 +580,7 @@ def run_study(
             "test": _scores(by_arm["best"], "test"),
             "test_pred": by_arm["best"].get("test_pred"),
             "val_pred": by_arm["best"].get("val_pred"),
-            "val_labels": feats.y_val.tolist(),
+            "val_labels": None if feats.mapped else feats.y_val.tolist(),
             "cv": None
             if study.cv is None
             else {
@@ -589,7 +610,8 @@ def run_study(
             "wall_s": wall,
             "encode_s": encode_s,
             "classes": feats.classes,
-            "test_labels": feats.y_test.tolist(),
+            "test_labels": None if feats.mapped else feats.y_test.tolist(),
+            "streamed": feats.mapped,
             "tracking": {
                 "mode": mode,
                 "runs": sum(len(c.runs) for c in cbs + fcbs if isinstance(c, WandbTrials)),

@@ -247,7 +247,7 @@ def run_trial(
         final.update(_split_keys(scores[split], split))
     if "cv" in scores:
         final.update(_split_keys(scores["cv"], "cv"))
-    if with_test:  # (S, n) predicted classes: bootstrap intervals and paired tests in reports
+    if with_test and "val_pred" in scores:  # (S, n) classes: bootstrap intervals, paired tests in reports
         final["val_pred"] = scores["val_pred"]
         final["test_pred"] = scores["test_pred"]
     final["trial_s"] = time.perf_counter() - t0
