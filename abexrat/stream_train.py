@@ -70,7 +70,8 @@ FORMAT = 1  # the feature files' layout; part of their cache key
 
 
 def wants_stream(cfg: TrainConfig, asked: bool) -> bool:
-    """Whether ``abexrat train`` streams: asked (``--stream``), or a data file too large for memory."""
+    """Whether the config's data streams (train, study): asked (``train --stream``), or a data file
+    too large for memory."""
     path = Path(cfg.data.dataset)
     if cfg.data.dataset == "osha" or not path.is_file():
         if asked:
@@ -94,7 +95,8 @@ def split_of(text: str, seed: int, val_fraction: float, test_fraction: float) ->
 
 class RowReader:
     """Checks a batch of raw rows: their ids, texts, labels and splits (the scan's map function and
-    the encoder actors' first step). A bad row raises the one-line UserError naming it."""
+    the encoder actors' first step). A bad row's one-line message comes back in an ``error`` column
+    (raised by the driver) rather than as an exception, which Ray Data would retry and wrap."""
 
     def __init__(self, path: str, cfg: dict[str, Any]) -> None:
         d = TrainConfig.model_validate(cfg).data
@@ -117,15 +119,13 @@ class RowReader:
         try:
             ids, texts, labels, splits = self.rows(batch)
         except UserError as e:
-            return _error_batch(str(e))
+            return {**self.row_columns([""], [""], [""], np.full(1, -1, np.int8)), "error": _obj([str(e)])}
         texts = [t if s == 0 else "" for t, s in zip(texts, splits)]
-        return {
-            "id": _obj(ids),
-            "text": _obj(texts),
-            "label": _obj(labels),
-            "split": splits,
-            "error": _obj([""] * len(ids)),
-        }
+        return {**self.row_columns(ids, texts, labels, splits), "error": _obj([""] * len(ids))}
+
+    @staticmethod
+    def row_columns(ids: list[str], texts: list[str], labels: list[str], splits: np.ndarray) -> dict[str, np.ndarray]:
+        return {"id": _obj(ids), "text": _obj(texts), "label": _obj(labels), "split": splits}
 
 
 class Embedder(RowReader):
@@ -148,8 +148,15 @@ class Embedder(RowReader):
 
         try:
             ids, texts, labels, splits = self.rows(batch)
-        except UserError as e:
-            return _error_batch(str(e))
+        except UserError as e:  # one placeholder row carrying the message, in the usual columns
+            x, bad = np.zeros((1, self.enc.dim), np.float32), np.full(1, -1, np.int8)
+            return {
+                "x": x,
+                "y": np.full(1, -1, np.int64),
+                "split": bad,
+                "copy": np.ones(1, bool),
+                "error": _obj([str(e)]),
+            }
         y = [self.index.get(label, -1) for label in labels]
         n = len(y)
         if self.untitled:
@@ -165,11 +172,6 @@ class Embedder(RowReader):
 
 def _obj(values: list[str]) -> np.ndarray:
     return np.asarray(values, dtype=object)
-
-
-def _error_batch(message: str) -> dict[str, np.ndarray]:
-    """One row carrying the error: Ray Data would retry a raising batch and wrap its message."""
-    return {"error": _obj([message])}
 
 
 def scan(path: Path, cfg: TrainConfig, advance: Any = None) -> tuple[list[str], dict[str, Counter], list[str]]:
