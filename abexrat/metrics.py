@@ -5,16 +5,56 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+
+def confusions(y: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
+    """Confusion matrices (rows: true class) of broadcastable ``y`` and ``preds`` (..., n) -> (..., C, C)."""
+    y, preds = np.broadcast_arrays(np.asarray(y, dtype=np.int64), np.asarray(preds, dtype=np.int64))
+    lead = y.shape[:-1]
+    k = int(np.prod(lead)) if lead else 1
+    cc = n_classes * n_classes
+    codes = y.reshape(k, -1) * n_classes + preds.reshape(k, -1) + (np.arange(k, dtype=np.int64) * cc)[:, None]
+    return np.bincount(codes.ravel(), minlength=k * cc).reshape(*lead, n_classes, n_classes)
+
+
+def per_class(conf: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall and F1 of every class of confusion matrices (..., C, C) -> (..., C) each;
+    0 where undefined (sklearn's ``zero_division=0``)."""
+    conf = conf.astype(np.float64)
+    tp = np.diagonal(conf, axis1=-2, axis2=-1)
+    support, predicted = conf.sum(-1), conf.sum(-2)
+    denom = support + predicted  # 2 tp + fp + fn
+    return {
+        "precision": np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0),
+        "recall": np.divide(tp, support, out=np.zeros_like(tp), where=support > 0),
+        "f1": np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0),
+    }
+
+
+def scores(conf: np.ndarray) -> dict[str, np.ndarray]:
+    """macro-F1, weighted-F1 and accuracy of confusion matrices (..., C, C) -> (...) each.
+
+    Macro-F1 averages over the classes present in the true or the predicted labels, as sklearn's
+    ``f1_score(labels=present)`` does; weighted-F1 weights every class by its support. These are
+    sklearn's numbers (a test checks them against ``sklearn.metrics``), computed from counts: no
+    import of scikit-learn (a second of every trial worker's start), and vectorized over seeds and
+    bootstrap resamples."""
+    f1 = per_class(conf)["f1"]
+    conf = conf.astype(np.float64)
+    tp = np.diagonal(conf, axis1=-2, axis2=-1)
+    support, predicted = conf.sum(-1), conf.sum(-2)
+    present = (support + predicted) > 0
+    n = support.sum(-1)
+    return {
+        "macro_f1": (f1 * present).sum(-1) / np.maximum(present.sum(-1), 1),
+        "weighted_f1": (f1 * support).sum(-1) / np.maximum(n, 1),
+        "accuracy": tp.sum(-1) / np.maximum(n, 1),
+    }
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
     """Macro-F1 over the classes present in y_true or y_pred (sklearn's convention)."""
-    return float(f1_score(y_true, y_pred, labels=_present(y_true, y_pred, n_classes), average="macro", zero_division=0))
-
-
-def _present(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> list[int]:
-    return sorted(set(np.unique(y_true).tolist()) | set(np.unique(y_pred).tolist()))
+    return float(scores(confusions(y_true, y_pred, n_classes))["macro_f1"])
 
 
 def summarize(values: list[float]) -> dict[str, Any]:
@@ -25,53 +65,31 @@ def summarize(values: list[float]) -> dict[str, Any]:
 
 
 def score_confusion(conf: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """:func:`score` from per-seed confusion matrices (S, C, C), rows true: the same numbers, from
-    one weighted sample per cell (how streamed files are scored without holding their labels)."""
-    C = len(classes)
-    y_true = np.repeat(np.arange(C), C)
-    y_pred = np.tile(np.arange(C), C)
-    return score(y_true, np.broadcast_to(y_pred, (len(conf), C * C)), classes, conf.reshape(len(conf), C * C))
-
-
-def score(
-    y_true: np.ndarray, preds: np.ndarray, classes: list[str], sample_weight: np.ndarray | None = None
-) -> dict[str, Any]:
-    """Scores of S seeds' predictions: y_true (n,), preds (S, n) of class indices; ``sample_weight``
-    (S, n) counts each sample that many times (see :func:`score_confusion`)."""
-    C = len(classes)
-    labels = list(range(C))
-    mf, wf, acc, per_p, per_r, per_f, conf = [], [], [], [], [], [], []
-    for s, p in enumerate(preds):
-        w = None if sample_weight is None else sample_weight[s]
-        seen = slice(None) if w is None else w > 0
-        present = _present(y_true[seen], p[seen], C)
-        mf.append(f1_score(y_true, p, labels=present, average="macro", zero_division=0, sample_weight=w))
-        wf.append(f1_score(y_true, p, labels=labels, average="weighted", zero_division=0, sample_weight=w))
-        acc.append(accuracy_score(y_true, p, sample_weight=w))
-        pr, rc, f, _ = precision_recall_fscore_support(y_true, p, labels=labels, zero_division=0, sample_weight=w)
-        per_p.append(pr)
-        per_r.append(rc)
-        per_f.append(f)
-        conf.append(confusion_matrix(y_true, p, labels=labels, sample_weight=w).astype(np.int64))
-    support = np.asarray(conf[0]).sum(1) if conf else np.bincount(y_true, minlength=C)
-    per_class = {
-        name: {
-            "precision": summarize([v[c] for v in per_p]),
-            "recall": summarize([v[c] for v in per_r]),
-            "f1": summarize([v[c] for v in per_f]),
-            "support": int(support[c]),
-        }
-        for c, name in enumerate(classes)
-    }
+    """Scores of S seeds from their confusion matrices (S, C, C), rows true: macro-F1, weighted-F1
+    and accuracy as ``{"mean", "std", "per_seed"}``, per-class precision / recall / F1 / support,
+    and the matrices themselves (how streamed files are scored without holding their labels)."""
+    conf = np.asarray(conf, dtype=np.int64)
+    top, cls = scores(conf), per_class(conf)
+    support = conf[0].sum(1) if len(conf) else np.zeros(len(classes), np.int64)
     return {
-        "macro_f1": summarize(mf),
-        "weighted_f1": summarize(wf),
-        "accuracy": summarize(acc),
-        "per_class": per_class,
+        **{k: summarize(list(top[k])) for k in ("macro_f1", "weighted_f1", "accuracy")},
+        "per_class": {
+            name: {
+                **{k: summarize(list(cls[k][:, c])) for k in ("precision", "recall", "f1")},
+                "support": int(support[c]),
+            }
+            for c, name in enumerate(classes)
+        },
         "confusion": {
             "labels": list(classes),
             "rows_are": "true",
             "per_seed": [m.tolist() for m in conf],
-            "total": np.sum(conf, axis=0).tolist(),
+            "total": conf.sum(0).tolist(),
         },
     }
+
+
+def score(y_true: np.ndarray, preds: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Scores of S seeds' predictions: y_true (n,), preds (S, n) of class indices (see
+    :func:`score_confusion` for what it holds)."""
+    return score_confusion(confusions(np.asarray(y_true)[None], np.atleast_2d(preds), len(classes)), classes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from abexrat.config import TrainConfig
@@ -128,3 +129,34 @@ def test_precision_bf16_trains_with_bf16_products_and_still_learns() -> None:
     # The same seed and steps, rounded differently: close, not equal.
     w32, w16 = runs["fp32"].model.weights[0].detach(), runs["bf16"].model.weights[0].detach()
     assert not torch.equal(w32, w16) and float((w32 - w16).abs().max()) < 0.05
+
+
+def test_scores_equal_sklearns() -> None:
+    """abexrat.metrics counts confusion matrices itself; every number is sklearn.metrics' own."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    rng = np.random.default_rng(0)
+    classes = list("abcdef")
+    for _ in range(20):
+        n = int(rng.integers(1, 60))
+        y = rng.integers(0, 4, n)  # classes e, f never true; f never predicted either
+        preds = rng.integers(0, 5, (3, n))
+        preds[:, : n // 3] = y[: n // 3]
+        s = score(y, preds, classes)
+        for k, p in enumerate(preds):
+            present = sorted(set(y) | set(p))
+            assert s["macro_f1"]["per_seed"][k] == pytest.approx(
+                f1_score(y, p, labels=present, average="macro", zero_division=0), abs=1e-12
+            )
+            assert s["weighted_f1"]["per_seed"][k] == pytest.approx(
+                f1_score(y, p, labels=range(6), average="weighted", zero_division=0), abs=1e-12
+            )
+            assert s["accuracy"]["per_seed"][k] == pytest.approx(accuracy_score(y, p), abs=1e-12)
+            pr, rc, f, sup = precision_recall_fscore_support(y, p, labels=range(6), zero_division=0)
+            for c, name in enumerate(classes):
+                got = s["per_class"][name]
+                assert [got[m]["per_seed"][k] for m in ("precision", "recall", "f1")] == pytest.approx(
+                    [pr[c], rc[c], f[c]], abs=1e-12
+                )
+                assert got["support"] == sup[c]
+            assert s["confusion"]["per_seed"][k] == confusion_matrix(y, p, labels=range(6)).tolist()

@@ -12,9 +12,8 @@ A score here is the mean over S seeds of a per-seed metric on the same n reports
   scores, a paired-bootstrap interval for it, and a two-sided approximate-randomization p-value
   (each (seed, report) pair of predictions is swapped between the arms with probability 1/2).
 
-Scores come from confusion matrices counted with ``np.bincount``, so thousands of resamples take
-well under a second. Macro-F1 averages over the classes present in y_true or y_pred, as sklearn
-does (and as :func:`abexrat.metrics.macro_f1`); weighted-F1 weights every class by its support.
+Scores come from confusion matrices counted with ``np.bincount`` (:func:`abexrat.metrics.confusions`
+and :func:`abexrat.metrics.scores`), so thousands of resamples take well under a second.
 """
 
 from __future__ import annotations
@@ -22,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from abexrat.metrics import confusions, scores
 
 METRICS = ("macro_f1", "weighted_f1", "accuracy")
 N_RESAMPLES = 2000
@@ -46,32 +47,6 @@ class Paired:
     low: float
     high: float
     p: float
-
-
-def confusions(y: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
-    """Confusion matrices (rows: true class) of broadcastable ``y`` and ``preds`` (..., n) -> (..., C, C)."""
-    y, preds = np.broadcast_arrays(np.asarray(y, dtype=np.int64), np.asarray(preds, dtype=np.int64))
-    lead = y.shape[:-1]
-    k = int(np.prod(lead)) if lead else 1
-    cc = n_classes * n_classes
-    codes = y.reshape(k, -1) * n_classes + preds.reshape(k, -1) + (np.arange(k, dtype=np.int64) * cc)[:, None]
-    return np.bincount(codes.ravel(), minlength=k * cc).reshape(*lead, n_classes, n_classes)
-
-
-def scores(conf: np.ndarray) -> dict[str, np.ndarray]:
-    """macro-F1, weighted-F1 and accuracy of confusion matrices (..., C, C)."""
-    conf = conf.astype(np.float64)
-    tp = np.diagonal(conf, axis1=-2, axis2=-1)
-    support, predicted = conf.sum(-1), conf.sum(-2)
-    denom = support + predicted  # 2 tp + fp + fn
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    present = denom > 0
-    n = support.sum(-1)
-    return {
-        "macro_f1": (f1 * present).sum(-1) / np.maximum(present.sum(-1), 1),
-        "weighted_f1": (f1 * support).sum(-1) / np.maximum(n, 1),
-        "accuracy": tp.sum(-1) / np.maximum(n, 1),
-    }
 
 
 def per_seed(y: np.ndarray, preds: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
