@@ -293,22 +293,37 @@ def run_config(cfg: TrainConfig, out: Path, progress: Any = None, stream: bool =
     seeds = cfg.seed_list()
     tick = progress.task(f"training {len(seeds)} seed(s)", cfg.train.epochs) if progress else None
     result, scores = train_and_score(feats, cfg, seeds, on_epoch=(lambda e, r: tick(1)) if tick else None)
-    metrics = {
+    metrics = run_metrics(cfg, feats, result, scores, scores["train_size"], t0)
+    save_run(out, cfg, enc, ds.classes, result, metrics)
+    return metrics
+
+
+def run_metrics(
+    cfg: TrainConfig,
+    feats: Features,
+    result: TrainResult,
+    scores: dict[str, Any],
+    train_size: int,
+    t0: float,
+    **extra: Any,
+) -> dict[str, Any]:
+    """metrics.json of a trained run (``extra`` keys go before the timings)."""
+    stats = feats.stats
+    return {
         "config": cfg.model_dump(mode="json"),
-        "seeds": seeds,
-        "classes": ds.classes,
+        "seeds": result.seeds,
+        "classes": feats.classes,
         "val": scores["val"],
         "test": scores["test"],
-        "train_size": scores["train_size"],
+        "train_size": int(train_size),
         "history": result.history,
+        **extra,
         "timings": {
-            "encode_s": feats.stats.encode_s,
-            "fit_encoder_s": feats.stats.fit_s,
-            "texts_encoded": feats.stats.encoded,
-            "texts_cached": feats.stats.cached,
+            "encode_s": stats.encode_s,
+            "fit_encoder_s": stats.fit_s,
+            "texts_encoded": stats.encoded,
+            "texts_cached": stats.cached,
             "train_s": result.train_s,
             "total_s": time.perf_counter() - t0,
         },
     }
-    save_run(out, cfg, enc, ds.classes, result, metrics)
-    return metrics

@@ -351,7 +351,7 @@ def stream_features(cfg: TrainConfig, progress: Any = None) -> tuple[Features, E
 
 def run_streamed(cfg: TrainConfig, out: Path, progress: Any = None) -> dict[str, Any]:
     """``abexrat train`` on a file larger than memory (see the module docstring). Returns metrics.json."""
-    from abexrat.experiment import save_run
+    from abexrat.experiment import run_metrics, save_run
     from abexrat.metrics import score_confusion
     from abexrat.study.runner import connect
     from abexrat.train import fit
@@ -375,23 +375,6 @@ def run_streamed(cfg: TrainConfig, out: Path, progress: Any = None) -> dict[str,
         s: score_confusion(confusion(result.model, Xs, ys, len(classes)), classes)
         for s, Xs, ys in (("val", *val), ("test", feats.X_test, feats.y_test))
     }
-    metrics = {
-        "config": cfg.model_dump(mode="json"),
-        "seeds": seeds,
-        "classes": classes,
-        "val": scores["val"],
-        "test": scores["test"],
-        "train_size": int(len(y)),
-        "history": result.history,
-        "streamed": info,
-        "timings": {
-            "encode_s": feats.stats.encode_s,
-            "fit_encoder_s": feats.stats.fit_s,
-            "texts_encoded": feats.stats.encoded,
-            "texts_cached": feats.stats.cached,
-            "train_s": result.train_s,
-            "total_s": time.perf_counter() - t0,
-        },
-    }
+    metrics = run_metrics(cfg, feats, result, scores, len(y), t0, streamed=info)
     save_run(out, cfg, enc, classes, result, metrics)
     return metrics
