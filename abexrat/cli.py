@@ -58,7 +58,7 @@ class Task:
         self.bar.advance(self.tid, n)
 
     def finish(self) -> None:
-        done = self.bar.tasks[self.tid].completed if hasattr(self.bar, "tasks") else 0
+        done = next(t.completed for t in self.bar.tasks if t.id == self.tid)
         self.bar.update(self.tid, total=done, completed=done)
 
 
