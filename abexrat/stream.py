@@ -181,15 +181,14 @@ def stream_confusion(
     run_dir: Path, path: Path, n_classes: int, text_column: str | None, label_column: str
 ) -> tuple[np.ndarray, int]:
     """Per-seed confusion matrices (S, C, C) over the whole file, and its row count."""
+    from abexrat.metrics import confusions
+
     conf: np.ndarray | None = None
     n = 0
     for b in scored_batches(run_dir, path, text_column, label_column):
-        pred, gold = b["pred"], b["gold"]  # (n_b, S), (n_b,)
-        if conf is None:
-            conf = np.zeros((pred.shape[1], n_classes, n_classes), np.int64)
-        for s in range(pred.shape[1]):
-            np.add.at(conf[s], (gold, pred[:, s]), 1)
-        n += len(gold)
+        batch = confusions(b["gold"], b["pred"].T, n_classes)  # gold (n_b,), pred (n_b, S) -> (S, C, C)
+        conf = batch if conf is None else conf + batch
+        n += len(b["gold"])
     if conf is None or n == 0:
         raise UserError(f"{path}: no rows")
     return conf, n

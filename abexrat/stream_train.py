@@ -293,15 +293,13 @@ def open_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def confusion(model: Any, X: np.ndarray, y: np.ndarray, n_classes: int, chunk: int = 65536) -> np.ndarray:
     """Per-seed confusion matrices (S, C, C), rows true, scoring X a chunk at a time."""
+    from abexrat.metrics import confusions
     from abexrat.train import predict_proba
 
     conf = np.zeros((model.n_members, n_classes, n_classes), np.int64)
     for i in range(0, len(X), chunk):
         pred = predict_proba(model, np.asarray(X[i : i + chunk])).argmax(-1)  # (S, n)
-        for s, p in enumerate(pred):
-            conf[s] += np.bincount(y[i : i + chunk] * n_classes + p, minlength=n_classes**2).reshape(
-                n_classes, n_classes
-            )
+        conf += confusions(y[i : i + chunk], pred, n_classes)
     return conf
 
 

@@ -162,8 +162,9 @@ def fit(
             if bf16 and masks_blk is not None:  # bf16 activations times fp32 masks would promote to fp32
                 masks_blk = [mk.bfloat16() for mk in masks_blk]
             for start in range(0, m, B):
-                xb, yb = X_blk[:, start : min(start + B, m)], y_blk[:, start : min(start + B, m)]
-                masks = None if masks_blk is None else [mk[:, start : min(start + B, m)] for mk in masks_blk]
+                step = slice(start, min(start + B, m))  # the buffers run past m on a block's last batch
+                xb, yb = X_blk[:, step], y_blk[:, step]
+                masks = None if masks_blk is None else [mk[:, step] for mk in masks_blk]
                 loss_sum += _step(model, opt, params, method, autocast, xb, yb, masks, shift, gamma, alpha)
         record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": (loss_sum / n).tolist()}
         if val is not None:
