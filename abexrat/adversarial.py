@@ -34,9 +34,9 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     return deco
 
 
-def unit(g: Tensor) -> Tensor:
-    """g / ||g||_2 along the last axis (zero where g is zero)."""
-    return g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+def unit(g: Tensor, length: Tensor | float = 1.0) -> Tensor:
+    """g scaled to norm ``length`` along the last axis (zero where g is zero): one pass over g."""
+    return g * (length / g.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 
 
 def project(r: Tensor, eps: Tensor | float) -> Tensor:
@@ -47,15 +47,24 @@ def project(r: Tensor, eps: Tensor | float) -> Tensor:
 
 @dataclass
 class Batch:
-    """One step's inputs: ``x`` (S, B, D) tracks gradients when the method ``uses_grad``."""
+    """One step's inputs: ``x`` (S, B, D) tracks gradients when the method ``uses_grad``.
+
+    ``grad``: the trainer's gradient of the batch's mean clean loss w.r.t. x, taken in the same
+    backward pass as the weights' (methods use only its direction per sample). ``probe``: the
+    loss with the weights held fixed, for gradients w.r.t. x alone (pgd's later steps).
+    """
 
     loss_fn: LossFn
     x: Tensor
     clean: Tensor  # per-sample clean loss (S, B), attached to the graph
+    grad: Tensor | None = None
+    probe: LossFn | None = None
 
     def input_grad(self) -> Tensor:
-        (g,) = torch.autograd.grad(self.clean.sum(), self.x, retain_graph=True)
-        return g.detach()
+        if self.grad is None:
+            (g,) = torch.autograd.grad(self.clean.sum(), self.x, retain_graph=True)
+            self.grad = g.detach()
+        return self.grad
 
     def loss_at(self, r: Tensor) -> Tensor:
         """Mean loss per member at x + r: shape (S,)."""
@@ -91,7 +100,7 @@ class NoAdversary(Method):
 @dataclass
 class FGM(Method):
     def perturbation(self, batch: Batch) -> Tensor:
-        return self.eps * unit(batch.input_grad())
+        return unit(batch.input_grad(), self.eps)
 
     def extra_loss(self, batch: Batch) -> Tensor:
         return batch.loss_at(self.perturbation(batch))
@@ -124,14 +133,14 @@ class PGD(Method):
 
     def perturbation(self, batch: Batch) -> Tensor:
         alpha = self.step_size or 2.5 * self.eps / self.steps
-        r = torch.zeros_like(batch.x)
+        r = torch.zeros_like(batch.x, dtype=torch.promote_types(batch.x.dtype, torch.float32))
         g = batch.input_grad()  # the first step's gradient is the clean one
         for k in range(self.steps):
             if k:
                 r.requires_grad_(True)
-                (g,) = torch.autograd.grad(batch.loss_fn(batch.x.detach() + r).sum(), r)
+                (g,) = torch.autograd.grad((batch.probe or batch.loss_fn)(batch.x.detach() + r).sum(), r)
                 r = r.detach()
-            r = project(r + alpha * unit(g), self.eps)
+            r = project(r + unit(g, alpha), self.eps)
         return r
 
     def extra_loss(self, batch: Batch) -> Tensor:
@@ -146,7 +155,7 @@ class Gaussian(Method):
     def perturbation(self, batch: Batch) -> Tensor:
         S, B, D = batch.x.shape
         z = torch.stack([torch.randn(B, D, generator=g) for g in self.gens])
-        return self.eps * unit(z)
+        return unit(z, self.eps)
 
     def extra_loss(self, batch: Batch) -> Tensor:
         return batch.loss_at(self.perturbation(batch))
@@ -195,7 +204,7 @@ class DPAAT(FGM):
         return eps
 
     def perturbation(self, batch: Batch) -> Tensor:
-        return self.sample_eps(batch.clean).unsqueeze(-1) * unit(batch.input_grad())
+        return unit(batch.input_grad(), self.sample_eps(batch.clean).unsqueeze(-1))
 
 
 def make_method(name: str, eps: float, gens: list[torch.Generator], **params: float) -> Method:

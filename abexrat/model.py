@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -41,23 +42,38 @@ class EnsembleMLP(nn.Module):
                 b[s].uniform_(-bound, bound, generator=gen)
 
     def dropout_masks(
-        self, rows: int, gens: list[torch.Generator], out: list[Tensor] | None = None
+        self,
+        rows: int,
+        gens: list[np.random.Generator],
+        dtype: torch.dtype = torch.float32,
+        out: list[Tensor] | None = None,
     ) -> list[Tensor] | None:
         """One scaled keep-mask per hidden layer, shape (S, rows, h), each member from its generator.
 
-        The trainer draws a whole epoch's masks at once (rows = n) and slices them per batch: one
-        ``uniform_`` call per member and layer instead of one per batch. ``out``: buffers of at
-        least ``rows`` rows, overwritten in place (the masks are views of their first rows).
+        A unit is kept when a random 16-bit integer (a quarter of a raw 64-bit draw of the member's
+        bit generator, SFC64 in the trainer) falls below ``round(keep * 65536)``, so the keep
+        probability is exact to 1/65536; a kept unit's mask value is 1/keep in ``dtype``. The masks
+        are written as bit patterns: about 6x faster than torch's ``uniform_`` (Mersenne Twister),
+        ``lt_``, ``div_`` and a cast, which were ~8% of a bf16 step. The trainer draws a block of
+        rows at once and slices them per batch. ``out``: buffers of ``dtype`` and at least ``rows``
+        rows, overwritten in place (the masks are views).
         """
         if not self.training or self.dropout <= 0:
             return None
         keep = 1.0 - self.dropout
+        threshold = np.uint16(min(round(keep * 65536), 65535))
+        bits_type = {torch.float32: np.uint32, torch.bfloat16: np.uint16}[dtype]
+        scale = torch.tensor(1.0 / keep, dtype=dtype).view(torch.int32 if dtype == torch.float32 else torch.int16)
+        pattern = bits_type(int(scale) & np.iinfo(bits_type).max)  # 1/keep's bits in dtype
         masks = []
         for i, h in enumerate(self.dims[1:-1]):
-            u = out[i][:, :rows] if out is not None else torch.empty(len(gens), rows, h)
+            m = out[i][:, :rows] if out is not None else torch.empty(len(gens), rows, h, dtype=dtype)
+            bits = m.view(torch.int32 if dtype == torch.float32 else torch.int16).numpy().view(bits_type)
             for s, g in enumerate(gens):
-                u[s].uniform_(generator=g)
-            masks.append(u.lt_(keep).div_(keep))  # 1/keep where kept, else 0
+                words = g.bit_generator.random_raw(-(-rows * h // 4))  # 4 16-bit draws per 64-bit word
+                kept = words.astype("<u8", copy=False).view("<u2")[: rows * h].reshape(rows, h) < threshold
+                np.multiply(kept, pattern, out=bits[s], casting="unsafe")
+            masks.append(m)
         return masks
 
     def forward(self, x: Tensor, masks: list[Tensor] | None = None) -> Tensor:

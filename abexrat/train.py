@@ -1,7 +1,8 @@
 """Training an :class:`EnsembleMLP` with focal loss and an adversarial method, S seeds at once.
 
 Each seed owns four random streams derived from it (init, shuffle, dropout, attack), so
-seed s trains the same whether it trains alone or beside others.
+seed s trains the same whether it trains alone or beside others. A step's loss and gradients
+come from :mod:`abexrat.fused`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import torch
 
 from abexrat.adversarial import Batch, make_method
 from abexrat.config import TrainConfig
+from abexrat.fused import StepInputs, mlp_focal_loss
 from abexrat.metrics import macro_f1
-from abexrat.model import EnsembleMLP, focal_loss
+from abexrat.model import EnsembleMLP
 
 EpochCallback = Callable[[int, dict[str, list[float]]], None]
 
@@ -109,7 +111,7 @@ def fit(
     model = EnsembleMLP(S, d, cfg.model.hidden, n_classes, cfg.model.dropout)
     model.reset([stream_seed(s, 0) for s in seeds])
     shuffles = [np.random.default_rng(stream_seed(s, 1)) for s in seeds]
-    drop_gens = [torch.Generator().manual_seed(stream_seed(s, 2)) for s in seeds]
+    drop_gens = [np.random.Generator(np.random.SFC64(stream_seed(s, 2))) for s in seeds]  # the fastest raw bits
     adv_gens = [torch.Generator().manual_seed(stream_seed(s, 3)) for s in seeds]
     scale = mean_norm(X)
     a = cfg.adversarial
@@ -136,18 +138,24 @@ def fit(
     params = list(model.parameters())
     opt = adamw(params, cfg.train.lr, cfg.train.weight_decay)
     B = cfg.train.batch_size
-    # bf16 autocast: the products run in bf16, the weights, optimizer state and loss stay fp32.
+    # bf16: the products run in bf16; the weights, optimizer state and loss stay fp32.
     bf16 = use_bf16(cfg.train.precision)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
     result = TrainResult(model, list(seeds), scale, precision="bf16" if bf16 else "fp32")
-    # Each epoch's rows are gathered, in each member's own order, into buffers of (S, rows, d) and
-    # sliced per step (views, no copies), with the dropout masks of those rows beside them. A
-    # training set larger than the buffer budget (a memory-mapped one: ``abexrat.stream_train``)
-    # is gathered block by block; blocks hold whole batches and the masks are drawn in order, so
-    # the steps are the same either way.
+    # Each epoch's rows are gathered, in each member's own order, into buffers sliced per step (views,
+    # no copies), with the dropout masks of those rows beside them. The buffers are batch-major,
+    # (batches, S, B, d): a step's rows are one contiguous (S, B, d) slab that the products read as
+    # is (a member-major slice is copied inside every matmul). They hold the products' dtype: a bf16
+    # batch is half the traffic, and bf16 activations times fp32 masks would promote to fp32 (an
+    # in-memory X is cast once). A training set larger than the buffer budget (a memory-mapped one:
+    # ``abexrat.stream_train``) is gathered block by block; blocks hold whole batches and the masks
+    # are drawn in order, so the steps are the same either way.
+    compute = torch.bfloat16 if bf16 else torch.float32
+    source = Xt if isinstance(X, np.memmap) else Xt.to(compute)
     rows = block_rows(n, S, model.dims, B)
-    X_blk, y_blk = torch.empty(S, rows, d), torch.empty(S, rows, dtype=torch.int64)
-    masks_buf = [torch.empty(S, rows, h) for h in model.dims[1:-1]] if model.dropout > 0 else None
+    n_batches = -(-rows // B)
+    X_blk = torch.empty(n_batches, S, B, d, dtype=compute)
+    y_blk = torch.empty(n_batches, S, B, dtype=torch.int64)
+    masks_buf = [torch.empty(S, rows, h, dtype=compute) for h in model.dims[1:-1]] if model.dropout > 0 else None
     masks_blk = None
     for epoch in range(cfg.train.epochs):
         model.train()
@@ -155,17 +163,22 @@ def fit(
         loss_sum = torch.zeros(S)
         for b0 in range(0, n, rows):
             m = min(rows, n - b0)
-            for s, perm in enumerate(perms):
-                torch.index_select(Xt, 0, perm[b0 : b0 + m], out=X_blk[s, :m])
-                torch.index_select(yt, 0, perm[b0 : b0 + m], out=y_blk[s, :m])
-            masks_blk = model.dropout_masks(m, drop_gens, out=masks_buf)
-            if bf16 and masks_blk is not None:  # bf16 activations times fp32 masks would promote to fp32
-                masks_blk = [mk.bfloat16() for mk in masks_blk]
-            for start in range(0, m, B):
-                step = slice(start, min(start + B, m))  # the buffers run past m on a block's last batch
-                xb, yb = X_blk[:, step], y_blk[:, step]
+            mb = -(-m // B)
+            # row ids (mb, S, B); a block's last batch is padded with row 0 and sliced off below
+            ids = torch.stack([torch.nn.functional.pad(p[b0 : b0 + m], (0, mb * B - m)).view(mb, B) for p in perms], 1)
+            flat = ids.view(-1)
+            if source.dtype == compute:
+                torch.index_select(source, 0, flat, out=X_blk[:mb].view(-1, d))
+            else:
+                X_blk[:mb].view(-1, d).copy_(source[flat])
+            torch.index_select(yt, 0, flat, out=y_blk[:mb].view(-1))
+            masks_blk = model.dropout_masks(m, drop_gens, compute, out=masks_buf)
+            for j in range(mb):
+                step = slice(j * B, min((j + 1) * B, m))
+                b = step.stop - step.start
+                xb, yb = X_blk[j, :, :b], y_blk[j, :, :b]
                 masks = None if masks_blk is None else [mk[:, step] for mk in masks_blk]
-                loss_sum += _step(model, opt, params, method, autocast, xb, yb, masks, shift, gamma, alpha)
+                loss_sum += _step(opt, params, method, compute, xb, yb, masks, shift, gamma, alpha)
         record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": (loss_sum / n).tolist()}
         if val is not None:
             pred = predict_proba(model, val[0]).argmax(-1)
@@ -173,7 +186,7 @@ def fit(
         result.history.append(record)
         if on_epoch:
             on_epoch(epoch + 1, record)
-    del X_blk, y_blk, masks_buf, masks_blk
+    del X_blk, y_blk, masks_buf, masks_blk, source
     release_free_memory()
     model.eval()
     result.train_s = time.perf_counter() - t0
@@ -181,11 +194,10 @@ def fit(
 
 
 def _step(
-    model: EnsembleMLP,
     opt: torch.optim.Optimizer,
     params: list[torch.Tensor],
     method: Any,
-    autocast: torch.autocast,
+    dtype: torch.dtype,
     xb: torch.Tensor,
     yb: torch.Tensor,
     masks: list[torch.Tensor] | None,
@@ -193,23 +205,37 @@ def _step(
     gamma: float,
     alpha: torch.Tensor | None,
 ) -> torch.Tensor:
-    """One optimizer step on a batch xb (S, b, d), yb (S, b); returns each member's loss sum (S,)."""
+    """One optimizer step on a batch xb (S, b, d), yb (S, b); returns each member's loss sum (S,).
+
+    The products run in ``dtype`` on weights cast once per step. On an attacked step one backward
+    pass gives the clean loss's weight gradients and the gradient w.r.t. x the attack needs; the
+    attacked loss's weight gradients then add to them."""
+    inputs = StepInputs.cast(params, dtype, y=yb, masks=masks, shift=shift, gamma=gamma, alpha=alpha)
 
     def loss_fn(x: torch.Tensor) -> torch.Tensor:
-        return focal_loss(model(x, masks) + shift, yb, gamma, alpha)
+        return mlp_focal_loss(x, inputs)
 
-    attack = method.plan()
-    if attack and method.uses_grad:
-        xb = xb.detach().requires_grad_(True)
-    with autocast:
-        clean = loss_fn(xb)
-        total = clean.mean(-1)
-        if attack:
-            total = total + method.extra_loss(Batch(loss_fn, xb, clean))
+    def probe(x: torch.Tensor) -> torch.Tensor:
+        return mlp_focal_loss(x, inputs.frozen())
+
     opt.zero_grad(set_to_none=True)
-    total.sum().backward(inputs=params)  # no gradient for x: the attack took its own
+    if not method.plan():
+        loss = loss_fn(xb).mean(-1)
+        loss.sum().backward(inputs=inputs.params)
+    else:
+        x = xb.detach().requires_grad_(method.uses_grad)
+        clean = loss_fn(x)
+        wrt = [x, *inputs.params] if method.uses_grad else inputs.params
+        grads = torch.autograd.grad(clean.mean(-1).sum(), wrt)
+        batch = Batch(loss_fn, x, clean, grad=grads[0] if method.uses_grad else None, probe=probe)
+        extra = method.extra_loss(batch)
+        for p, g in zip(inputs.params, grads[-len(params) :]):
+            p.grad = g
+        extra.sum().backward(inputs=inputs.params)  # adds to the clean gradients
+        loss = clean.detach().mean(-1) + extra.detach()
+    inputs.grads_to(params)
     opt.step()
-    return total.detach() * xb.shape[1]
+    return loss.detach() * xb.shape[1]
 
 
 EPOCH_BUFFER_BYTES = 512 * 2**20  # the gathered rows and their dropout masks, all members

@@ -156,8 +156,9 @@ def analytic_flops(dims: list[int], S: int, steps: list[tuple[int, int]], method
     """The count from the layer shapes: per member and step of b rows, forward 2·b·a·c per layer;
     backward the weight gradients (the same again) and the input gradients of every layer but the
     first; on an attacked step, for every member (RAT's coins weight the terms, the products run
-    for all), the input gradients of every layer (methods that take x-gradients) and a second pass
-    (forward + backward) at x + r. ``steps``: (rows, attacking members) of every step, in order."""
+    for all), the first layer's input gradient too (methods that take x-gradients: the same
+    backward pass gives it) and a second pass (forward + backward) at x + r. ``steps``: (rows,
+    attacking members) of every step, in order."""
     x_grad = {"none": False, "rat": True, "fgm": True, "dpaat": True, "gaussian": False}
     if method not in x_grad:
         return None  # pgd and others: more passes than this simple count knows
@@ -172,7 +173,7 @@ def analytic_flops(dims: list[int], S: int, steps: list[tuple[int, int]], method
         return 2 * fwd(b, every) + fwd(b, deep)
 
     clean = sum(S * one_pass(b) for b, _ in steps)
-    attack = sum(k * (one_pass(b) + (fwd(b, every) if x_grad[method] else 0)) for b, k in steps)
+    attack = sum(k * (one_pass(b) + (fwd(b, range(1)) if x_grad[method] else 0)) for b, k in steps)
     val = epochs * S * fwd(n_val, every)
     return {"clean": clean, "attack": attack, "validation": val, "total": clean + attack + val}
 
