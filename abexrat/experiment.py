@@ -194,12 +194,15 @@ def train_and_score(
     cfg: TrainConfig,
     seeds: list[int],
     on_epoch: Callable[[int, dict[str, list[float]]], None] | None = None,
+    with_test: bool = True,
 ) -> tuple[TrainResult, dict[str, Any]]:
-    """Train all seeds on the config's training set; score on val and test (test is never used to choose)."""
+    """Train all seeds on the config's training set; score on val and, ``with_test``, on test (test is
+    never used to choose: a search trial does not even score it)."""
     X, y = feats.training_set(cfg.data.aug_ratio, cfg.data.aug_seed, cfg.data.untitled_copies)
     result = fit(X, y, len(feats.classes), cfg, seeds, val=(feats.X_val, feats.y_val), on_epoch=on_epoch)
     scores: dict[str, Any] = {}
-    for split, Xs, ys in (("val", feats.X_val, feats.y_val), ("test", feats.X_test, feats.y_test)):
+    splits = [("val", feats.X_val, feats.y_val)] + ([("test", feats.X_test, feats.y_test)] if with_test else [])
+    for split, Xs, ys in splits:
         pred = predict_proba(result.model, Xs).argmax(-1)
         scores[split] = score(ys, pred, feats.classes)
         if not feats.mapped:  # (S, n): paired tests compare these; a streamed dataset's are too many

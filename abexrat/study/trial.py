@@ -219,7 +219,7 @@ def run_trial(
                 report["selection"] = f"{st.cv.folds}-fold cv over {'+'.join(st.cv.splits)}"
                 tune.report({**report, "trial_s": time.perf_counter() - t0})
                 return
-            result, scores = train_and_score(feats, cfg, seeds, on_epoch=on_epoch)
+            result, scores = train_and_score(feats, cfg, seeds, on_epoch=on_epoch, with_test=with_test)
             if cv is not None:
                 scores["cv"] = cv_train_and_score(cv, cfg, seeds, on_epoch=lambda e, r: guard.check())[1]
     except TrialLimitExceeded:
