@@ -123,6 +123,11 @@ def test_wandb_offline_runs_equal_the_results(search: tuple[Path, dict]) -> None
     best = next(r for r in by_job["final"] if r.config["arm"] == "best")
     assert best.summary["test_macro_f1"] == pytest.approx(s["test"]["macro_f1"]["mean"])
     assert s["tracking"]["runs"] == 8 and s["tracking"]["mode"] == "offline"
+    # The package list is recorded once per stage and in the summary run, not in every trial's run.
+    with_packages = {job: sum("requirements.txt" in r.files for r in rs) for job, rs in by_job.items()}
+    assert with_packages == {"search": 1, "final": 1, "summary": 1}
+    listed = next(r for r in by_job["search"] if "requirements.txt" in r.files)
+    assert "torch==" in (listed.folder / "files" / "requirements.txt").read_text()
 
 
 def test_ablation_runs_the_factor_grid(local_ray, tmp_path: Path, tiny_dir: Path) -> None:  # noqa: ANN001

@@ -53,10 +53,12 @@ class OfflineRun:
     job_type: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)  # what the run saved under files/ (requirements.txt, ...)
 
 
 def read_run(folder: Path) -> OfflineRun:
     run = OfflineRun(folder)
+    run.files = sorted(f.name for f in (folder / "files").glob("*") if f.is_file())
     for rec in records(next(folder.glob("run-*.wandb"))):
         kind = rec.WhichOneof("record_type")
         if kind == "run":

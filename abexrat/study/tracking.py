@@ -3,7 +3,7 @@
 The stock ``WandbLoggerCallback`` starts a logging actor per trial (about 3 s each on 2
 cores). Here the driver keeps each trial's per-epoch results and, when the trial ends,
 hands them to one background thread that writes the run with the in-process wandb
-service (about 0.4 s a run), overlapping the trials still training.
+service (about 0.1 s of the driver's CPU a run), overlapping the trials still training.
 """
 
 from __future__ import annotations
@@ -121,7 +121,10 @@ class WandbTrials(Callback):
                     dir=str(self.folder),
                     mode=self.mode,
                     reinit="create_new",
-                    settings=wandb.Settings(silent=True, console="off"),
+                    # The installed packages are the same for every trial: the first run of the
+                    # stage records them (as does the summary run); listing them again costs each
+                    # run ~70 ms of the CPU the trials train on.
+                    settings=wandb.Settings(silent=True, console="off", x_save_requirements=not self.runs),
                 )
                 for rec in history:
                     run.log(rec, step=int(rec.get("epoch", 0)))
