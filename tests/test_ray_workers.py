@@ -1,0 +1,71 @@
+"""The embedded Ray a study starts: trial actors take the workers Ray prestarted, which have
+already imported torch, ray.tune and the trial code (no fresh process, no imports on the search's clock)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from abexrat.study.runner import _starts_local_ray
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from ray import tune
+    from ray.tune.execution import class_cache
+    from abexrat.study.runner import TRIAL_MODULES, connect
+
+    def trial(config):
+        time.sleep(1.0)  # both trials run at once, each in its own actor
+        stat = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+        tune.report({
+            "started_ticks": float(stat[19]),  # field 22: start time in clock ticks since boot
+            "pid": os.getpid(),
+            "argv": " ".join(sys.orig_argv),  # the title Ray sets hides /proc/self/cmdline
+            "pl_disable_fork": os.environ.get("PL_DISABLE_FORK", ""),
+        })
+
+    assert connect(None, preload=TRIAL_MODULES)
+    time.sleep(1.0)  # a study loads and encodes its data here
+    fit_ticks = float(open("/proc/uptime").read().split()[0]) * os.sysconf("SC_CLK_TCK")
+    tuner = tune.Tuner(
+        trial,
+        param_space={"x": tune.grid_search([0, 1])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=2, reuse_actors=True),
+        run_config=tune.RunConfig(storage_path=os.environ["OUT"], verbose=0),
+    )
+    rows = [dict(r.metrics) for r in tuner.fit()]
+    print(json.dumps({"fit_ticks": fit_ticks, "env_vars": class_cache.DEFAULT_ENV_VARS, "rows": rows}))
+    """
+)
+
+
+def test_trials_run_in_prestarted_preloaded_workers(tmp_path) -> None:  # noqa: ANN001
+    env = {**os.environ, "RAY_ADDRESS": "local", "OUT": str(tmp_path), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = out["rows"]
+    assert len(rows) == 2 and len({r["pid"] for r in rows}) == 2
+    for r in rows:
+        # started before the search began: a worker Ray prestarted, not one started for the actor
+        assert r["started_ticks"] < out["fit_ticks"]
+        assert "--worker-preload-modules=torch,ray.tune,abexrat.study.trial" in r["argv"]
+        # Tune's variable still reaches the trial, through the workers' environment
+        assert r["pl_disable_fork"] == "1"
+    assert out["env_vars"] == {}
+
+
+@pytest.mark.parametrize(
+    "address,local",
+    [("local", True), ("127.0.0.1:6379", False), ("ray://10.0.0.1:10001", False), ("not an address", False)],
+)
+def test_which_addresses_start_a_local_ray(address: str, local: bool) -> None:
+    assert _starts_local_ray(address) is local
