@@ -160,3 +160,28 @@ def test_scores_equal_sklearns() -> None:
                 )
                 assert got["support"] == sup[c]
             assert s["confusion"]["per_seed"][k] == confusion_matrix(y, p, labels=range(6)).tolist()
+
+
+def test_fused_adamw_updates_exactly_like_torch_optims() -> None:
+    from abexrat.train import FusedAdamW
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(3, 10, 32), (3, 32, 4), (3, 1, 32), (3, 1, 4)]
+    ours = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
+    ref = [p.detach().clone().requires_grad_() for p in ours]
+    opt, ref_opt = (
+        FusedAdamW(ours, lr=3e-3, weight_decay=0.01),
+        torch.optim.AdamW(ref, lr=3e-3, weight_decay=0.01, fused=True),
+    )
+    for step in range(6):
+        grads = [torch.randn(s, generator=gen) for s in shapes]
+        for i, (p, q, g) in enumerate(zip(ours, ref, grads)):
+            keep = not (step == 2 and i == 1)  # a parameter without a gradient on one step is left alone
+            p.grad, q.grad = (g.clone(), g.clone()) if keep else (None, None)
+        opt.step()
+        ref_opt.step()
+        for p, q in zip(ours, ref):
+            assert torch.equal(p, q)
+    assert [float(s) for s in opt.steps] == [6.0, 5.0, 6.0, 6.0]
+    opt.zero_grad()
+    assert all(p.grad is None for p in ours)

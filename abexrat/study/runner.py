@@ -31,10 +31,9 @@ SEARCH, FINAL = "search", "final"
 # ---------------------------------------------------------------- Ray
 
 
-# What a trial's worker imports before it can train (~3 s of each slot on 2 cores; torch._dynamo is
-# imported by torch.optim at the first optimizer, ~1 s). An embedded Ray imports them in the workers
-# it prestarts at start-up, while the driver loads and encodes the data.
-TRIAL_MODULES = ("torch", "torch._dynamo", "ray.tune", "abexrat.study.trial")
+# What a trial's worker imports before it can train (~2 s of each slot on 2 cores). An embedded Ray
+# imports them in the workers it prestarts at start-up, while the driver loads and encodes the data.
+TRIAL_MODULES = ("torch", "ray.tune", "abexrat.study.trial")
 
 
 def connect(address: str | None, preload: tuple[str, ...] = ()) -> bool:
