@@ -57,17 +57,17 @@ def connect(address: str | None, preload: tuple[str, ...] = ()) -> bool:
             raise UserError(
                 f"--address {address or 'auto'}: cannot connect to the Ray cluster ({str(e).splitlines()[0]})"
             ) from None
-    elif preload:
-        _trial_actors_take_prestarted_workers()
-        system = {
-            "preload_python_modules": list(preload),
-            # Once Tune's placement groups reserve every CPU, Ray reaps workers idle for over this
-            # long (default 1 s) before the trial actors' leases arrive: keep the preloaded ones.
-            "idle_worker_killing_time_threshold_ms": 60_000,
-        }
-        ray.init(address=address, **quiet, _system_config=system)
     else:
-        ray.init(address=address, **quiet)
+        system = None
+        if preload:
+            _trial_actors_take_prestarted_workers()
+            system = {
+                "preload_python_modules": list(preload),
+                # Once Tune's placement groups reserve every CPU, Ray reaps workers idle for over
+                # this long (default 1 s) before the trial actors' leases arrive: keep the preloaded ones.
+                "idle_worker_killing_time_threshold_ms": 60_000,
+            }
+        ray.init(address=address, **quiet, _system_config=system)
     return True
 
 
