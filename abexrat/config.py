@@ -202,6 +202,8 @@ def _encoder_class(name: str) -> type | None:
 
 
 def _hint_name(hint: Any) -> str:
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(hint))
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 

@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -121,7 +121,11 @@ class WordLlamaEncoder(Encoder):
 @register_encoder("tfidf-svd")
 @dataclass
 class TfidfSvdEncoder(Encoder):
-    """TF-IDF over word 1..ngram-grams (sublinear tf), reduced by truncated SVD, L2-normalized."""
+    """TF-IDF over ngram_min..ngram-grams (sublinear tf), reduced by truncated SVD, L2-normalized.
+
+    ``analyzer``: ``word`` n-grams, or ``char_wb`` (character n-grams inside word boundaries: a
+    word's stem and its forms share features, "bitten" with "bite", "seizures" with "seizure").
+    """
 
     name: ClassVar[str] = "tfidf-svd"
     needs_fit: ClassVar[bool] = True
@@ -129,18 +133,30 @@ class TfidfSvdEncoder(Encoder):
     ngram: int = 2
     min_df: int = 2
     max_features: int = 20000
+    analyzer: Literal["word", "char_wb"] = "word"
+    ngram_min: int = 1
     fit_digest: str = ""
     _vectorizer: Any = field(default=None, repr=False)
     _components: np.ndarray | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.analyzer not in ("word", "char_wb"):
+            raise UserError(f"encoder.options: analyzer must be word or char_wb, got {self.analyzer!r}")
+        if not 1 <= self.ngram_min <= self.ngram:
+            raise UserError(f"encoder.options: need 1 <= ngram_min <= ngram, got {self.ngram_min} and {self.ngram}")
+
     def options(self) -> dict[str, Any]:
-        return {
+        opts: dict[str, Any] = {
             "dim": self.dim_,
             "ngram": self.ngram,
             "min_df": self.min_df,
             "max_features": self.max_features,
             "fit": self.fit_digest,
         }
+        # Named only when not word 1..ngram-grams, so the word encoder's keys (and caches) stay as they were.
+        if (self.analyzer, self.ngram_min) != ("word", 1):
+            opts.update(analyzer=self.analyzer, ngram_min=self.ngram_min)
+        return opts
 
     @property
     def dim(self) -> int:
@@ -150,7 +166,8 @@ class TfidfSvdEncoder(Encoder):
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         return TfidfVectorizer(
-            ngram_range=(1, self.ngram),
+            analyzer=self.analyzer,
+            ngram_range=(self.ngram_min, self.ngram),
             min_df=self.min_df,
             sublinear_tf=True,
             max_features=self.max_features,
@@ -223,6 +240,8 @@ class HybridEncoder(Encoder):
     tfidf_ngram: int = 2
     tfidf_min_df: int = 2
     tfidf_max_features: int = 20000
+    tfidf_analyzer: Literal["word", "char_wb"] = "word"
+    tfidf_ngram_min: int = 1
 
     def __post_init__(self) -> None:
         self.weights = tuple(float(w) for w in self.weights)  # type: ignore[assignment]
@@ -233,6 +252,8 @@ class HybridEncoder(Encoder):
                 ngram=self.tfidf_ngram,
                 min_df=self.tfidf_min_df,
                 max_features=self.tfidf_max_features,
+                analyzer=self.tfidf_analyzer,
+                ngram_min=self.tfidf_ngram_min,
             ),
         )
 

@@ -47,6 +47,25 @@ def test_tfidf_svd_fits_on_given_texts_and_round_trips(tmp_path: Path) -> None:
     assert other.key != enc.key  # the fit corpus is part of the address
 
 
+def test_char_ngram_tfidf_shares_features_between_word_forms_and_round_trips(tmp_path: Path) -> None:
+    enc = make_encoder("tfidf-svd", dim=4, min_df=1, analyzer="char_wb", ngram_min=2, ngram=4)
+    enc.fit(TEXTS)
+    terms = enc._vectorizer.vocabulary_  # noqa: SLF001
+    assert " bi" in terms and "bitt" in terms and all(2 <= len(t) <= 4 for t in terms)  # inside word boundaries
+    # "bite" never occurs in the fit corpus, yet shares n-grams with "bitten": word 1-grams see nothing.
+    word = make_encoder("tfidf-svd", dim=4, min_df=1)
+    word.fit(TEXTS)
+    assert word._vectorizer.transform(["bite"]).nnz == 0  # noqa: SLF001
+    assert enc._vectorizer.transform(["bite"]).nnz > 0  # noqa: SLF001
+    assert enc.key != word.key and "analyzer" not in word.options() and enc.options()["analyzer"] == "char_wb"
+    save_encoder(enc, tmp_path)
+    back = load_encoder(tmp_path)
+    assert back.key == enc.key
+    assert np.array_equal(back.encode(["a dog bite"]), enc.encode(["a dog bite"]))
+    with pytest.raises(UserError, match="ngram_min <= ngram"):
+        make_encoder("tfidf-svd", analyzer="char_wb", ngram_min=5, ngram=3)
+
+
 def test_hybrid_is_the_normalized_concatenation() -> None:
     enc = make_encoder("hybrid", tfidf_dim=4, tfidf_min_df=1)
     X = embed_texts(enc, TEXTS, fit_texts=TEXTS)
@@ -113,3 +132,17 @@ def test_title_weight_adds_the_title_vector_to_titled_texts_only(tmp_path: Path)
     back = load_encoder(tmp_path / "enc")
     assert back.title_weight == 2.0
     assert np.allclose(embed_texts(back, [titled], cache=EmbeddingCache(tmp_path)), X[:1], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("encoder.options.tfidf_analyzer=chars", "options.tfidf_analyzer: expected one of word, char_wb, got 'chars'"),
+        ("encoder.options.tfidf_ngram_min=3", "need 1 <= ngram_min <= ngram, got 3 and 2"),
+    ],
+)
+def test_bad_tfidf_analyzer_options_exit_2_naming_the_key(override: str, message: str, cli, tmp_path: Path) -> None:  # noqa: ANN001
+    config = Path(__file__).resolve().parents[1] / "studies" / "baseline.yaml"
+    r = cli("train", config, "--set", override, "--out", tmp_path / "run")
+    assert r.code == 2 and message in r.stderr
+    assert not (tmp_path / "run").exists()
