@@ -138,7 +138,7 @@ def test_title_weight_adds_the_title_vector_to_titled_texts_only(tmp_path: Path)
     "override,message",
     [
         ("encoder.options.tfidf_analyzer=chars", "options.tfidf_analyzer: expected one of word, char_wb, got 'chars'"),
-        ("encoder.options.tfidf_ngram_min=3", "need 1 <= ngram_min <= ngram, got 3 and 2"),
+        ("encoder.options.tfidf_ngram_min=9", "need 1 <= ngram_min <= ngram, got 9 and 5"),
     ],
 )
 def test_bad_tfidf_analyzer_options_exit_2_naming_the_key(override: str, message: str, cli, tmp_path: Path) -> None:  # noqa: ANN001
