@@ -127,7 +127,7 @@ def test_slow_trials_are_stopped_and_marked_and_the_study_goes_on(
     assert (slow["trial_s"] < 3 + 5).all() and (slow["epoch"] < 5000).all()
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["trials"] == 6 and on_disk["trials_failed"] == 0
-    assert on_disk["trials_stopped"] == {"TIMEOUT": len(slow), "OOM": 0}
+    assert on_disk["trials_stopped"] == {"TIMEOUT": len(slow), "OOM": 0, "BUDGET": 0}
     assert on_disk["limits"]["trial_time_s"] == 3
     # the best comes from a trial that finished, never from a stopped trial's partial score
     assert summary["best_config"]["train_config"]["train"]["epochs"] == 2

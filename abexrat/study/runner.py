@@ -429,7 +429,14 @@ def _scores(r: dict[str, Any], split: str) -> dict[str, Any]:
     return out
 
 
-def _trial_table(results: Any, stage: str) -> Any:
+def _ended(trial: Any, early_stopping: bool) -> bool:
+    """Whether a Tune trial reached its final report (``val_accuracy``) or was stopped by a limit (its
+    last report names the ``limit``); with ASHA on, a trial may also have been stopped early on purpose."""
+    last = trial.last_result or {}
+    return early_stopping or "val_accuracy" in last or bool(last.get("limit"))
+
+
+def _trial_table(results: Any, stage: str, budget_spent: bool = False, early_stopping: bool = False) -> Any:
     import pandas as pd
 
     trials = results._experiment_analysis.trials  # noqa: SLF001
@@ -474,22 +481,34 @@ def _trial_table(results: Any, stage: str) -> Any:
     # Status from Tune's own trial records (a result's metrics can belong to a reused actor's last trial).
     status = {t.trial_id: t.status for t in trials}
     limit = {t.trial_id: (t.last_result or {}).get("limit") for t in trials}
+    # Trials the study's time budget stopped mid-training, or before they started.
+    cut = {
+        t.trial_id for t in trials if budget_spent and status[t.trial_id] != "ERROR" and not _ended(t, early_stopping)
+    }
     df["status"] = [
-        "ERROR" if status.get(t) == "ERROR" else LIMIT_STATUS.get(limit[t], "STOPPED") if limit.get(t) else "TERMINATED"
+        "ERROR"
+        if status.get(t) == "ERROR"
+        else LIMIT_STATUS.get(limit[t], "STOPPED")
+        if limit.get(t)
+        else "BUDGET"
+        if t in cut
+        else "TERMINATED"
         for t in df["trial_id"]
     ]
     return pd.DataFrame(df)
 
 
-def _best(results: Any, metric: str, mode: str) -> Any:
+def _best(results: Any, metric: str, mode: str, early_stopping: bool = False) -> Any:
     """The best trial by its last reported ``metric``, among trials that ran to their end or were stopped by
-    ASHA; errored trials and trials stopped by a limit (their partial scores) are never chosen."""
+    ASHA; errored trials, trials stopped by a limit and trials cut by the time budget (their partial
+    scores) are never chosen."""
     ok = [
         r
         for r in results
         if not r.error
         and r.metrics
         and not r.metrics.get("limit")
+        and (early_stopping or "val_accuracy" in r.metrics)
         and isinstance(r.metrics.get(metric), int | float)
         and math.isfinite(r.metrics[metric])
     ]
@@ -577,14 +596,18 @@ def run_study(
             cv_ref = ray.put(cv_featurize(ds, base, c.folds, c.seed, c.splits, EmbeddingCache()))
         encode_s = time.perf_counter() - t_enc
         feats_ref = ray.put(feats)  # one copy in the object store, shared by every trial
+        t_search = time.perf_counter()
         results, cbs = run_search(study, feats_ref, out, resume, mode, cv_ref)
+        budget = study.budget.time_budget_s
+        # Tune stops every trial once the budget is spent: the ones it cut are not an interruption.
+        budget_spent = budget is not None and time.perf_counter() - t_search >= budget
         _close(cbs)
-        search_df = _trial_table(results, "ablation" if study.kind == "ablation" else "search")
+        early = study.early_stopping.enabled
+        search_df = _trial_table(results, "ablation" if study.kind == "ablation" else "search", budget_spent, early)
         wanted = study.budget.num_samples if study.kind == "search" else len(study.arms())
-        _check_interrupted(
-            results, wanted if study.budget.time_budget_s is None else 0, out, study.early_stopping.enabled
-        )
-        best_r = _best(results, study.objective.metric, study.objective.mode)
+        if not budget_spent:
+            _check_interrupted(results, wanted if budget is None else 0, out, early)
+        best_r = _best(results, study.objective.metric, study.objective.mode, early)
         if best_r is None:
             stopped = int(search_df["status"].isin(list(LIMIT_STATUS.values())).sum()) if len(search_df) else 0
             why = f" ({stopped} stopped by limits)" if stopped else ""
@@ -647,7 +670,7 @@ def run_study(
             "trials_failed": int(((table["stage"] != "final") & (table["status"] == "ERROR")).sum()),
             "trials_stopped": {
                 status: int(((table["stage"] != "final") & (table["status"] == status)).sum())
-                for status in LIMIT_STATUS.values()
+                for status in [*LIMIT_STATUS.values(), "BUDGET"]
             },
             "limits": study.limits.model_dump(),
             "wall_s": wall,
@@ -701,13 +724,10 @@ def _check_interrupted(results: Any, wanted: int, out: Path, early_stopping: boo
     a limit (its last report names the ``limit``), unless ASHA may have stopped it early on purpose.
     """
     trials = results._experiment_analysis.trials  # noqa: SLF001
-
-    def ended(t: Any) -> bool:
-        last = t.last_result or {}
-        return early_stopping or "val_accuracy" in last or bool(last.get("limit"))
-
     unfinished = [
-        t for t in trials if t.status not in ("TERMINATED", "ERROR") or (t.status == "TERMINATED" and not ended(t))
+        t
+        for t in trials
+        if t.status not in ("TERMINATED", "ERROR") or (t.status == "TERMINATED" and not _ended(t, early_stopping))
     ]
     if len(trials) < wanted or unfinished:
         done = sum(t.status == "TERMINATED" for t in trials)
