@@ -13,9 +13,17 @@ smaller budget. From its search stage:
   object store.
 
 The naive set-up (``naive_study.py``: stock ``WandbLoggerCallback``, ``reuse_actors=False``, data
-loaded in every trial, seeds trained one after the other) runs the same space, budget, seeds and
-sampler on the same machine in the same process run; ``speedup_vs_naive`` is the ratio of trials per
-hour.
+loaded in every trial, seeds trained one after the other) runs the same space, seeds and sampler on
+the same machine in the same process run; ``speedup_vs_naive`` is the ratio of trials per hour.
+
+The budget is the same for both (``--budget``):
+
+- ``time`` (default): the naive set-up runs ``--trials`` trials first; abexrat's search then gets
+  the naive search's wall time as its ``time_budget_s`` (and room for more trials). Both searches
+  spend the same time, and the best validation macro-F1 each reached in it is compared: what a
+  faster search buys.
+- ``trials``: both run ``--trials`` trials (abexrat first). The best validation macro-F1 of two
+  searches of the same size on a 447-report validation split differs by chance alone.
 
     .venv/bin/python benchmarks/bench_study.py --trials 10 --epochs 4 --json out/study.json
 """
@@ -34,7 +42,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, ProcessMemory, load_avg, machine, peak_rss_mb, setup_env, write_json  # noqa: E402
 
 
-def make_study(name: str, trials: int, epochs: int, seeds: int, folder: Path, final_seeds: int = 2) -> Any:
+def make_study(
+    name: str,
+    trials: int,
+    epochs: int,
+    seeds: int,
+    folder: Path,
+    final_seeds: int = 2,
+    time_budget_s: float | None = None,
+) -> Any:
     """A study file like quickstart.yaml (same base, space, objective, resources, tracking on) with a
     smaller budget; written to ``folder`` and read back with ``load_study`` as the CLI would."""
     import yaml
@@ -51,7 +67,7 @@ def make_study(name: str, trials: int, epochs: int, seeds: int, folder: Path, fi
         "trainer": {"train": {"epochs": epochs}},
         "space": quick["space"],
         "objective": quick.get("objective", {}),
-        "budget": {"num_samples": trials},
+        "budget": {"num_samples": trials, **({"time_budget_s": time_budget_s} if time_budget_s else {})},
         "seeds_per_trial": seeds,
         "resources": quick.get("resources", {"cpu": 1, "gpu": 0}),
         "final": {"seeds": final_seeds},
@@ -203,14 +219,16 @@ def run_ours(study: Any, out: Path) -> dict[str, Any]:
     search_wall = search_end - s0
     df = pd.read_parquet(out / "trials.parquet")
     search = df[df["stage"] == "search"]
-    ok = search[search["status"] == "TERMINATED"]
+    # A trial the time budget cut off mid-training never reported its final result: its time counts as overhead.
+    ok = search[(search["status"] == "TERMINATED") & search["train_s"].notna()]
     train_s = float(ok["train_s"].astype(float).sum())
     trial_s = float(ok["trial_s"].astype(float).sum())
     f0, f1 = timeline.first("run_final")
     return {
         "concurrent_trials": concurrent,
         "trials": len(ok),
-        "trials_failed": len(search) - len(ok),
+        "trials_failed": int((search["status"] == "ERROR").sum()),
+        "trials_cut_by_budget": int((search["status"] == "BUDGET").sum()),
         "search_wall_s": search_wall,
         "search_tune_s": s1 - s0,
         "search_wandb_drain_s": search_end - s1,
@@ -231,9 +249,35 @@ def run_ours(study: Any, out: Path) -> dict[str, Any]:
     }
 
 
+def _naive(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    import ray
+    from naive_study import run_naive
+
+    import abexrat.study.runner as runner
+
+    study = make_study("bench-naive", args.trials, args.epochs, args.seeds, root)
+    runner.connect(None)  # the naive set-up: a plain ray.init
+    try:
+        conc = runner._max_concurrent(study)  # noqa: SLF001
+        n = run_naive(study, root / "naive", conc)
+    finally:
+        ray.shutdown()
+    n.pop("_ray_up", None)
+    n["trials_per_hour"] = n["trials"] / n["search_wall_s"] * 3600
+    n["study_overhead_fraction"] = 1 - n["sum_train_s"] / (n["search_wall_s"] * conc)
+    n["load_avg_after"] = load_avg()
+    return n
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trials", type=int, default=10, help="search trials (num_samples), both set-ups")
+    p.add_argument("--trials", type=int, default=10, help="search trials (num_samples) of the naive set-up")
+    p.add_argument(
+        "--budget",
+        choices=["time", "trials"],
+        default="time",
+        help="equal for both: the naive search's wall time (default), or --trials trials",
+    )
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--seeds", type=int, default=2, help="seeds per trial")
     p.add_argument("--which", choices=["both", "ours", "naive"], default="both")
@@ -245,39 +289,29 @@ def main() -> None:
     # this machine (another job's), which would measure that cluster instead.
     os.environ["RAY_ADDRESS"] = "local"
     res: dict[str, Any] = {
-        "config": {"trials": args.trials, "epochs": args.epochs, "seeds_per_trial": args.seeds},
+        "config": {"trials": args.trials, "epochs": args.epochs, "seeds_per_trial": args.seeds, "budget": args.budget},
         "machine": machine(),
     }
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
+        by_time = args.budget == "time" and args.which == "both"
+        if by_time:
+            res["naive"] = _naive(args, root)
         if args.which in ("both", "ours"):
             from ray.tune.execution import class_cache
 
             stock_env = dict(class_cache.DEFAULT_ENV_VARS)
-            study = make_study("bench-abexrat", args.trials, args.epochs, args.seeds, root)
+            # Same wall time as the naive search, and room for the trials it affords in it.
+            budget_s = res["naive"]["search_wall_s"] if by_time else None
+            trials = args.trials * 20 if by_time else args.trials
+            study = make_study("bench-abexrat", trials, args.epochs, args.seeds, root, time_budget_s=budget_s)
             res["abexrat"] = run_ours(study, root / "abexrat")
-            # The naive set-up runs next in this process: give it Tune's stock trial actors back.
+            # The naive set-up may run next in this process: give it Tune's stock trial actors back.
             class_cache.DEFAULT_ENV_VARS.update(stock_env)
             res["load_avg_after_abexrat"] = load_avg()
-        if args.which in ("both", "naive"):
-            import ray
-            from naive_study import run_naive
-
-            study = make_study("bench-naive", args.trials, args.epochs, args.seeds, root)
-            import abexrat.study.runner as runner
-
-            runner.connect(None)  # the naive set-up: a plain ray.init
-            try:
-                conc = runner._max_concurrent(study)  # noqa: SLF001
-                res["naive"] = run_naive(study, root / "naive", conc)
-            finally:
-                ray.shutdown()
-            res["naive"].pop("_ray_up", None)
-            n = res["naive"]
-            n["trials_per_hour"] = n["trials"] / n["search_wall_s"] * 3600
-            n["study_overhead_fraction"] = 1 - n["sum_train_s"] / (n["search_wall_s"] * conc)
-            res["load_avg_after_naive"] = load_avg()
+        if args.which in ("both", "naive") and not by_time:
+            res["naive"] = _naive(args, root)
     if "abexrat" in res and "naive" in res:
         a, n = res["abexrat"], res["naive"]
         res["speedup_vs_naive"] = a["trials_per_hour"] / n["trials_per_hour"]
