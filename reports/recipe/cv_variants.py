@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -35,7 +36,9 @@ def main() -> None:
     rows = []
     for spec in args.variants:
         t0 = time.perf_counter()
-        cfg = load_train_config(REPO / "studies" / "baseline.yaml", [s for s in spec.split(",") if s])
+        # commas inside brackets belong to a list value: "encoder.options.weights=[1.0,1.5]"
+        overrides = [s for s in re.split(r",(?![^\[]*\])", spec) if s]
+        cfg = load_train_config(REPO / "studies" / "baseline.yaml", overrides)
         key = json.dumps([cfg.encoder.model_dump(), cfg.data.model_dump()], sort_keys=True, default=str)
         if key not in features:
             features[key] = cv_featurize(load_dataset(cfg), cfg, 5, 0, ["train", "val"], EmbeddingCache())
