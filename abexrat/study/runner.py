@@ -481,20 +481,17 @@ def _trial_table(results: Any, stage: str, budget_spent: bool = False, early_sto
     # Status from Tune's own trial records (a result's metrics can belong to a reused actor's last trial).
     status = {t.trial_id: t.status for t in trials}
     limit = {t.trial_id: (t.last_result or {}).get("limit") for t in trials}
-    # Trials the study's time budget stopped mid-training, or before they started.
-    cut = {
-        t.trial_id for t in trials if budget_spent and status[t.trial_id] != "ERROR" and not _ended(t, early_stopping)
-    }
-    df["status"] = [
-        "ERROR"
-        if status.get(t) == "ERROR"
-        else LIMIT_STATUS.get(limit[t], "STOPPED")
-        if limit.get(t)
-        else "BUDGET"
-        if t in cut
-        else "TERMINATED"
-        for t in df["trial_id"]
-    ]
+    unended = {t.trial_id for t in trials if not _ended(t, early_stopping)}
+
+    def row_status(trial_id: str) -> str:
+        if status.get(trial_id) == "ERROR":
+            return "ERROR"
+        if limit.get(trial_id):
+            return LIMIT_STATUS.get(limit[trial_id], "STOPPED")
+        # Stopped by the study's time budget mid-training, or before it started.
+        return "BUDGET" if budget_spent and trial_id in unended else "TERMINATED"
+
+    df["status"] = [row_status(t) for t in df["trial_id"]]
     return pd.DataFrame(df)
 
 
