@@ -383,7 +383,9 @@ def study_run(
         report=not no_report,
     )
     b = s["best_config"]
-    out.print(f"[bold]{study.name}[/]: {s['trials']} trials in {s['wall_s']:.0f} s")
+    stopped = {"TIMEOUT": "past trial_time_s", "OOM": "past trial_memory_gb", "BUDGET": "cut by time_budget_s"}
+    why = ", ".join(f"{n} {stopped[k]}" for k, n in s.get("trials_stopped", {}).items() if n and k in stopped)
+    out.print(f"[bold]{study.name}[/]: {s['trials']} trials{f' ({why})' if why else ''} in {s['wall_s']:.0f} s")
     out.print(
         f"best: method={b['method']} eps={b['eps']:.3g} p={b['p']:.3g} r={b['aug_ratio']:.3g}  "
         f"val macro-F1 {_pct(s['best_val_macro_f1'])} (search), "

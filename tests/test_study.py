@@ -308,12 +308,9 @@ cv: {folds: 3, seed: 1}
     assert len(s["test"]["macro_f1"]["per_seed"]) == 2 and len(s["cv"]["best"]["macro_f1"]["per_seed"]) == 2
 
 
-def test_a_time_budget_ends_the_search_and_the_study_goes_on(local_ray, tmp_path: Path, tiny_dir: Path) -> None:  # noqa: ANN001
+def test_a_time_budget_ends_the_search_and_the_study_goes_on(local_ray, tmp_path: Path, tiny_dir: Path, cli) -> None:  # noqa: ANN001
     """budget.time_budget_s: Tune stops the search when it is spent; the trials it cut are marked
     BUDGET (never best), and the final round still runs: it is not an interruption."""
-    from abexrat.study.config import load_study
-    from abexrat.study.runner import run_study
-
     path = study_file(
         tmp_path,
         tiny_dir,
@@ -326,9 +323,11 @@ seeds_per_trial: 2
 final: {seeds: 2}
 """,
     )
-    study = load_study(path)
-    study.trainer["train"]["epochs"] = 40  # ~1 s trials: some finish, the ones in flight at 8 s are cut
-    s = run_study(study, tmp_path / "out", report=False)
+    # ~1 s trials: some finish, the ones in flight when the 8 s are spent are cut
+    path.write_text(path.read_text().replace("epochs: 4,", "epochs: 40,"))
+    r = cli("study", "run", path, "--out", tmp_path / "out", "--no-report")
+    assert r.code == 0, r.stderr
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
     table = pd.read_parquet(tmp_path / "out" / "trials.parquet")
     searched = table[table["stage"] == "search"]
     finished, cut = searched[searched["status"] == "TERMINATED"], searched[searched["status"] == "BUDGET"]
@@ -338,6 +337,7 @@ final: {seeds: 2}
     assert (finished["epoch"] == 40).all() and not (cut["epoch"] == 40).any()
     assert s["best_val_macro_f1"] == pytest.approx(finished["val_macro_f1"].max())
     assert len(s["test"]["macro_f1"]["per_seed"]) == 2
+    assert f"tiny-budget: {len(searched)} trials ({len(cut)} cut by time_budget_s) in" in " ".join(r.stdout.split())
 
 
 def SOURCE_IDS(ds) -> set[int]:  # noqa: ANN001, N802
