@@ -26,6 +26,7 @@ from abexrat.study.tracking import WandbTrials, log_summary, wandb_mode
 from abexrat.study.trial import LIMIT_STATUS
 
 SEARCH, FINAL = "search", "final"
+BUDGET_STATUS = "BUDGET"  # trials.parquet status of a trial the study's time_budget_s cut off
 
 
 # ---------------------------------------------------------------- Ray
@@ -429,10 +430,11 @@ def _scores(r: dict[str, Any], split: str) -> dict[str, Any]:
     return out
 
 
-def _ended(trial: Any, early_stopping: bool) -> bool:
-    """Whether a Tune trial reached its final report (``val_accuracy``) or was stopped by a limit (its
-    last report names the ``limit``); with ASHA on, a trial may also have been stopped early on purpose."""
-    last = trial.last_result or {}
+def _ended(last: dict[str, Any] | None, early_stopping: bool) -> bool:
+    """Whether a trial whose last report is ``last`` reached its final report (``val_accuracy``) or was
+    stopped by a limit (the report names the ``limit``); with ASHA on, a trial may also have been
+    stopped early on purpose."""
+    last = last or {}
     return early_stopping or "val_accuracy" in last or bool(last.get("limit"))
 
 
@@ -481,7 +483,7 @@ def _trial_table(results: Any, stage: str, budget_spent: bool = False, early_sto
     # Status from Tune's own trial records (a result's metrics can belong to a reused actor's last trial).
     status = {t.trial_id: t.status for t in trials}
     limit = {t.trial_id: (t.last_result or {}).get("limit") for t in trials}
-    unended = {t.trial_id for t in trials if not _ended(t, early_stopping)}
+    unended = {t.trial_id for t in trials if not _ended(t.last_result, early_stopping)}
 
     def row_status(trial_id: str) -> str:
         if status.get(trial_id) == "ERROR":
@@ -489,7 +491,7 @@ def _trial_table(results: Any, stage: str, budget_spent: bool = False, early_sto
         if limit.get(trial_id):
             return LIMIT_STATUS.get(limit[trial_id], "STOPPED")
         # Stopped by the study's time budget mid-training, or before it started.
-        return "BUDGET" if budget_spent and trial_id in unended else "TERMINATED"
+        return BUDGET_STATUS if budget_spent and trial_id in unended else "TERMINATED"
 
     df["status"] = [row_status(t) for t in df["trial_id"]]
     return pd.DataFrame(df)
@@ -505,7 +507,7 @@ def _best(results: Any, metric: str, mode: str, early_stopping: bool = False) ->
         if not r.error
         and r.metrics
         and not r.metrics.get("limit")
-        and (early_stopping or "val_accuracy" in r.metrics)
+        and _ended(r.metrics, early_stopping)
         and isinstance(r.metrics.get(metric), int | float)
         and math.isfinite(r.metrics[metric])
     ]
@@ -667,7 +669,7 @@ def run_study(
             "trials_failed": int(((table["stage"] != "final") & (table["status"] == "ERROR")).sum()),
             "trials_stopped": {
                 status: int(((table["stage"] != "final") & (table["status"] == status)).sum())
-                for status in [*LIMIT_STATUS.values(), "BUDGET"]
+                for status in [*LIMIT_STATUS.values(), BUDGET_STATUS]
             },
             "limits": study.limits.model_dump(),
             "wall_s": wall,
@@ -724,7 +726,8 @@ def _check_interrupted(results: Any, wanted: int, out: Path, early_stopping: boo
     unfinished = [
         t
         for t in trials
-        if t.status not in ("TERMINATED", "ERROR") or (t.status == "TERMINATED" and not _ended(t, early_stopping))
+        if t.status not in ("TERMINATED", "ERROR")
+        or (t.status == "TERMINATED" and not _ended(t.last_result, early_stopping))
     ]
     if len(trials) < wanted or unfinished:
         done = sum(t.status == "TERMINATED" for t in trials)
