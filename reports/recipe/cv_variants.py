@@ -36,6 +36,7 @@ def main() -> None:
     rows = []
     for spec in args.variants:
         t0 = time.perf_counter()
+        name = spec or "default"
         # commas inside brackets belong to a list value: "encoder.options.weights=[1.0,1.5]"
         overrides = [s for s in re.split(r",(?![^\[]*\])", spec) if s]
         cfg = load_train_config(REPO / "studies" / "baseline.yaml", overrides)
@@ -44,10 +45,7 @@ def main() -> None:
             features[key] = cv_featurize(load_dataset(cfg), cfg, 5, 0, ["train", "val"], EmbeddingCache())
         _, s = cv_train_and_score(features[key], cfg, seeds)
         m, w = s["macro_f1"], s["weighted_f1"]
-        rows.append(
-            {"variant": spec or "default", "macro_f1": m, "weighted_f1": w, "seconds": time.perf_counter() - t0}
-        )
-        name = spec or "default"
+        rows.append({"variant": name, "macro_f1": m, "weighted_f1": w, "seconds": time.perf_counter() - t0})
         print(f"{name:40s} CV macro-F1 {100 * m['mean']:.2f} ± {100 * m['std']:.2f}  weighted {100 * w['mean']:.2f}")
     if args.json:
         write_json(args.json, {"seeds": seeds, "rows": rows})
