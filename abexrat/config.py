@@ -210,6 +210,9 @@ def _hint_name(hint: Any) -> str:
 class ModelConfig(Strict):
     hidden: list[int] = Field(default_factory=lambda: [512])
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    # Each seed's model is the probability average of this many MLPs, trained side by side (each
+    # with its own init, order, dropout and attack draws; the first is the single-MLP seed's).
+    ensemble: int = Field(1, ge=1, le=16, description="MLPs per seed, their class probabilities averaged")
 
     @field_validator("hidden")
     @classmethod

@@ -224,12 +224,13 @@ def save_run(
         folder = out / "models" / f"seed-{seed}"
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(folder / "model.safetensors") as tmp:
-            save_file(result.model.member_state(s), str(tmp))
+            save_file(result.model.seed_state(s), str(tmp))
         write_json(
             folder / "model.json",
             {
                 "seed": seed,
                 "dims": result.model.dims,
+                "ensemble": result.model.group,
                 "classes": classes,
                 "encoder_key": enc.key,
                 "input_scale": result.scale,

@@ -16,12 +16,21 @@ from torch import Tensor, nn
 
 
 class EnsembleMLP(nn.Module):
-    """``forward(x)``: x of shape (S, B, d_in) -> logits of shape (S, B, n_classes)."""
+    """``forward(x)``: x of shape (M, B, d_in) -> logits of shape (M, B, n_classes), M members.
 
-    def __init__(self, n_members: int, d_in: int, hidden: list[int], n_classes: int, dropout: float = 0.0) -> None:
+    ``group`` consecutive members make one seed's model (``model.ensemble``: the seed's prediction
+    averages their probabilities), so M = seeds x group.
+    """
+
+    def __init__(
+        self, n_members: int, d_in: int, hidden: list[int], n_classes: int, dropout: float = 0.0, group: int = 1
+    ) -> None:
         super().__init__()
+        if n_members % group:
+            raise ValueError(f"{n_members} members do not split into groups of {group}")
         self.dims = [d_in, *hidden, n_classes]
         self.dropout = dropout
+        self.group = group
         self.weights = nn.ParameterList(
             nn.Parameter(torch.empty(n_members, a, b)) for a, b in zip(self.dims[:-1], self.dims[1:])
         )
@@ -30,6 +39,10 @@ class EnsembleMLP(nn.Module):
     @property
     def n_members(self) -> int:
         return self.weights[0].shape[0]
+
+    @property
+    def n_seeds(self) -> int:
+        return self.n_members // self.group
 
     @torch.no_grad()
     def reset(self, seeds: list[int]) -> None:
@@ -94,17 +107,29 @@ class EnsembleMLP(nn.Module):
             out[f"layers.{i}.bias"] = b[s, 0].detach().clone().contiguous()
         return out
 
+    def seed_state(self, s: int) -> dict[str, Tensor]:
+        """Seed s's model: :meth:`member_state` for a single MLP; for an ensemble (``group`` > 1) its
+        members stacked, ``layers.{i}.weight`` (group, d_in, d_out) and ``.bias`` (group, d_out)."""
+        if self.group == 1:
+            return self.member_state(s)
+        members = [self.member_state(s * self.group + j) for j in range(self.group)]
+        return {k: torch.stack([m[k] for m in members]) for k in members[0]}
+
     @classmethod
     def from_members(cls, states: list[dict[str, Tensor]], dropout: float = 0.0) -> EnsembleMLP:
+        """The model of the seeds whose :meth:`seed_state` ``states`` holds (all of one shape)."""
         n_layers = len(states[0]) // 2
-        dims = [states[0]["layers.0.weight"].shape[0]] + [
-            states[0][f"layers.{i}.weight"].shape[1] for i in range(n_layers)
+        # a single MLP's tensors are one member's; an ensemble seed's are stacked along a first axis
+        stacked = [st if st["layers.0.weight"].dim() == 3 else {k: v[None] for k, v in st.items()} for st in states]
+        group = stacked[0]["layers.0.weight"].shape[0]
+        dims = [stacked[0]["layers.0.weight"].shape[1]] + [
+            stacked[0][f"layers.{i}.weight"].shape[2] for i in range(n_layers)
         ]
-        m = cls(len(states), dims[0], dims[1:-1], dims[-1], dropout)
+        m = cls(len(states) * group, dims[0], dims[1:-1], dims[-1], dropout, group=group)
         with torch.no_grad():
             for i in range(n_layers):
-                m.weights[i].copy_(torch.stack([st[f"layers.{i}.weight"] for st in states]))
-                m.biases[i].copy_(torch.stack([st[f"layers.{i}.bias"] for st in states]).unsqueeze(1))
+                m.weights[i].copy_(torch.cat([st[f"layers.{i}.weight"] for st in stacked]))
+                m.biases[i].copy_(torch.cat([st[f"layers.{i}.bias"] for st in stacked]).unsqueeze(1))
         return m
 
 

@@ -80,7 +80,7 @@ class Scorer:
         try:
             out = self._score(batch)
         except UserError as e:
-            S, C = self.run.model.n_members, len(self.run.classes)
+            S, C = self.run.model.n_seeds, len(self.run.classes)
             out = {"id": np.asarray([""], dtype=object), "proba": np.zeros((1, C), np.float32)}
             out["pred"] = np.zeros((1, S), np.int64)
             if self.label_column is not None:

@@ -296,7 +296,7 @@ def confusion(model: Any, X: np.ndarray, y: np.ndarray, n_classes: int, chunk: i
     from abexrat.metrics import confusions
     from abexrat.train import predict_proba
 
-    conf = np.zeros((model.n_members, n_classes, n_classes), np.int64)
+    conf = np.zeros((model.n_seeds, n_classes, n_classes), np.int64)
     for i in range(0, len(X), chunk):
         pred = predict_proba(model, np.asarray(X[i : i + chunk])).argmax(-1)  # (S, n)
         conf += confusions(y[i : i + chunk], pred, n_classes)

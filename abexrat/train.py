@@ -29,6 +29,13 @@ def stream_seed(seed: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, stream]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
+def member_seeds(seeds: list[int], ensemble: int) -> list[int]:
+    """The seeds of every MLP trained for ``seeds`` with ``ensemble`` MLPs per seed, seed by seed:
+    a seed's first MLP is seed itself (so ``ensemble: 1`` trains exactly the single-MLP seeds), the
+    others get seeds derived from it."""
+    return [m for s in seeds for m in [s, *(stream_seed(s, 100 + j) for j in range(1, ensemble))]]
+
+
 def class_alpha(cfg: TrainConfig, y: np.ndarray, n_classes: int) -> torch.Tensor | None:
     """Per-class focal weights: none, 'balanced' (n / (C n_c), mean 1 over samples), or a list."""
     alpha = cfg.loss.alpha
@@ -154,19 +161,22 @@ def fit(
     on_epoch: EpochCallback | None = None,
     method_hook: Callable[[Any], None] | None = None,
 ) -> TrainResult:
-    """Train one MLP per seed on X (n, d) float32 and y (n,) int64, all seeds batched.
+    """Train one model per seed on X (n, d) float32 and y (n,) int64, all seeds batched.
 
-    ``val`` = (X_val, y_val) adds ``val_macro_f1`` per seed to each epoch's record;
-    ``on_epoch(epoch, record)`` sees each record (lists hold one value per seed).
+    A seed's model is ``cfg.model.ensemble`` MLPs (see :func:`member_seeds`); the batched model
+    stacks all S x ensemble of them. ``val`` = (X_val, y_val) adds ``val_macro_f1`` per seed to
+    each epoch's record; ``on_epoch(epoch, record)`` sees each record (lists hold one value per seed).
     """
     t0 = time.perf_counter()
-    S, (n, d) = len(seeds), X.shape
+    k = cfg.model.ensemble
+    members = member_seeds(seeds, k)
+    S, (n, d) = len(members), X.shape
     Xt, yt = torch.from_numpy(np.ascontiguousarray(X, np.float32)), torch.from_numpy(y.astype(np.int64))
-    model = EnsembleMLP(S, d, cfg.model.hidden, n_classes, cfg.model.dropout)
-    model.reset([stream_seed(s, 0) for s in seeds])
-    shuffles = [np.random.default_rng(stream_seed(s, 1)) for s in seeds]
-    drop_gens = [np.random.Generator(np.random.SFC64(stream_seed(s, 2))) for s in seeds]  # the fastest raw bits
-    adv_gens = [torch.Generator().manual_seed(stream_seed(s, 3)) for s in seeds]
+    model = EnsembleMLP(S, d, cfg.model.hidden, n_classes, cfg.model.dropout, group=k)
+    model.reset([stream_seed(s, 0) for s in members])
+    shuffles = [np.random.default_rng(stream_seed(s, 1)) for s in members]
+    drop_gens = [np.random.Generator(np.random.SFC64(stream_seed(s, 2))) for s in members]  # the fastest raw bits
+    adv_gens = [torch.Generator().manual_seed(stream_seed(s, 3)) for s in members]
     scale = mean_norm(X)
     a = cfg.adversarial
     method = make_method(
@@ -233,7 +243,7 @@ def fit(
                 xb, yb = X_blk[j, :, :b], y_blk[j, :, :b]
                 masks = None if masks_blk is None else [mk[:, step] for mk in masks_blk]
                 loss_sum += _step(opt, params, method, compute, xb, yb, masks, shift, gamma, alpha)
-        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": (loss_sum / n).tolist()}
+        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": (loss_sum / n).view(-1, k).mean(1).tolist()}
         if val is not None:
             pred = predict_proba(model, val[0]).argmax(-1)
             record["val_macro_f1"] = [macro_f1(val[1], p, n_classes) for p in pred]
@@ -311,7 +321,7 @@ def mean_norm(X: np.ndarray, chunk: int = 65536) -> float:
 
 @torch.no_grad()
 def predict_proba(model: EnsembleMLP, X: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    """Class probabilities of every member: X (n, d) -> (S, n, C)."""
+    """Class probabilities of every seed: X (n, d) -> (S, n, C); an ensemble seed's are its MLPs' mean."""
     was_training = model.training
     model.eval()
     S = model.n_members
@@ -322,5 +332,8 @@ def predict_proba(model: EnsembleMLP, X: np.ndarray, chunk: int = 8192) -> np.nd
         out.append(torch.softmax(model(xb), dim=-1))
     model.train(was_training)
     if not out:
-        return np.zeros((S, 0, model.dims[-1]), np.float32)
-    return torch.cat(out, dim=1).numpy()
+        return np.zeros((model.n_seeds, 0, model.dims[-1]), np.float32)
+    proba = torch.cat(out, dim=1)
+    if model.group > 1:
+        proba = proba.view(model.n_seeds, model.group, *proba.shape[1:]).mean(1)
+    return proba.numpy()

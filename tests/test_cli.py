@@ -66,6 +66,31 @@ def test_evaluate_on_the_test_file_reproduces_train_metrics(trained: Path, tiny_
     assert f"macro-F1 {100 * m['test']['macro_f1']['mean']:.2f}" in r.stdout
 
 
+def test_an_ensemble_run_saves_its_mlps_per_seed_and_evaluates_as_trained(
+    tiny_config: Path,
+    tiny_dir: Path,
+    cli,
+    tmp_path: Path,  # noqa: ANN001
+) -> None:
+    run = tmp_path / "ens"
+    r = cli("train", tiny_config, "--set", "model.ensemble=3", "--set", "train.epochs=10", "--out", run)
+    assert r.code == 0, r.stderr
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["seeds"] == [0, 1] and m["config"]["model"]["ensemble"] == 3
+    assert len(m["test"]["macro_f1"]["per_seed"]) == 2
+    assert sum(map(sum, m["test"]["confusion"]["total"])) == 2 * 42  # per seed, not per MLP
+    for seed in (0, 1):
+        folder = run / "models" / f"seed-{seed}"
+        state = load_file(str(folder / "model.safetensors"))
+        assert state["layers.1.weight"].shape == (3, 64, 7) and state["layers.1.bias"].shape == (3, 7)
+        assert json.loads((folder / "model.json").read_text())["ensemble"] == 3
+    e = cli("evaluate", run, tiny_dir / "test.json", "--json", tmp_path / "eval.json")
+    assert e.code == 0, e.stderr
+    scores = json.loads((tmp_path / "eval.json").read_text())
+    for key in ("macro_f1", "weighted_f1", "accuracy"):
+        assert scores[key] == pytest.approx(m["test"][key]["mean"], abs=1e-9)
+
+
 def test_evaluate_accepts_jsonl_and_rejects_unknown_labels(trained: Path, tiny_dir: Path, cli, tmp_path: Path) -> None:  # noqa: ANN001
     rows = json.loads((tiny_dir / "test.json").read_text())
     (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(r) for r in rows))

@@ -69,6 +69,32 @@ def test_a_seed_trains_the_same_alone_or_batched_with_others() -> None:
     assert np.abs(pa - pb).max() < 1e-3
 
 
+def test_an_ensemble_seed_averages_its_mlps_and_its_first_mlp_is_the_single_seed() -> None:
+    X, y = _data()
+    single = fit(X, y, 4, CFG, seeds=[2, 5])
+    cfg = CFG.model_copy(deep=True)
+    cfg.model.ensemble = 3
+    ens = fit(X, y, 4, cfg, seeds=[2, 5])
+    assert (ens.model.n_members, ens.model.n_seeds, ens.model.group) == (6, 2, 3)
+    assert ens.seeds == [2, 5] and len(ens.history[-1]["train_loss"]) == 2
+    for s in range(2):  # member 3 s is seed s's own MLP, trained exactly as without its partners
+        for key, w in single.model.member_state(s).items():
+            assert torch.equal(w, ens.model.member_state(3 * s)[key])
+    # the seed's other MLPs differ from it, and its probabilities are the three MLPs' mean
+    assert not torch.equal(ens.model.weights[0][0], ens.model.weights[0][1])
+    members = EnsembleMLP.from_members([ens.model.member_state(m) for m in range(6)])
+    per_member = predict_proba(members, X)  # (6, n, C)
+    proba = predict_proba(ens.model, X)  # (2, n, C)
+    assert proba.shape == (2, len(X), 4)
+    assert np.allclose(proba, per_member.reshape(2, 3, len(X), 4).mean(1), atol=1e-6)
+    # saved per seed as the three MLPs stacked, and loaded back as the same ensemble
+    states = [ens.model.seed_state(s) for s in range(2)]
+    assert states[0]["layers.0.weight"].shape == (3, 10, 32) and states[0]["layers.1.bias"].shape == (3, 4)
+    back = EnsembleMLP.from_members(states)
+    assert back.group == 3 and np.array_equal(predict_proba(back, X), proba)
+    assert score(y, proba.argmax(-1), ["a", "b", "c", "d"])["macro_f1"]["mean"] > 0.9
+
+
 def test_training_learns_a_separable_problem() -> None:
     X, y = _data()
     Xv, yv = _data(200, seed=1)
