@@ -64,7 +64,7 @@ def make_study(
         "kind": "search",
         "seed": quick.get("seed", 0),
         "base": str(REPO / "studies" / quick["base"]),
-        "trainer": {"train": {"epochs": epochs}},
+        "trainer": {**quick.get("trainer", {}), "train": {"epochs": epochs}},
         "space": quick["space"],
         "objective": quick.get("objective", {}),
         "budget": {"num_samples": trials, **({"time_budget_s": time_budget_s} if time_budget_s else {})},

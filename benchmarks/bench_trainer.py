@@ -47,7 +47,8 @@ def load_features(aug_ratio: float, synthetic: bool) -> tuple[Any, ...]:
 
     from abexrat.config import load_train_config
 
-    cfg = load_train_config(REPO / "studies" / "baseline.yaml", [f"data.aug_ratio={aug_ratio}"])
+    # one MLP per seed: S seeds are S members, as in a search trial
+    cfg = load_train_config(REPO / "studies" / "baseline.yaml", [f"data.aug_ratio={aug_ratio}", "model.ensemble=1"])
     if synthetic:
         rng = np.random.default_rng(0)
         X = rng.normal(size=(6361, 640)).astype(np.float32)
