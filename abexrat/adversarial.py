@@ -1,6 +1,7 @@
 """Adversarial training on input vectors: a registry of methods.
 
-All methods act on a batch x of shape (S, B, D) (S seed members) and return an extra
+All methods act on a batch x of shape (S, B, D) (S seed members, on any device; random draws
+come from per-member CPU generators, so a seed draws the same on every device) and return an extra
 per-member loss of shape (S,) added to the clean loss. Perturbation sizes are absolute
 here; the trainer passes ``eps * mean ||x_train||`` so that one relative ε means the
 same across encoders. Directions are per sample: r_i = ε g_i / ||g_i||_2.
@@ -122,7 +123,7 @@ class RAT(FGM):
 
     def extra_loss(self, batch: Batch) -> Tensor:
         assert self.coins is not None
-        return self.coins * super().extra_loss(batch)
+        return self.coins.to(batch.x.device) * super().extra_loss(batch)
 
 
 @register_method("pgd")
@@ -154,7 +155,8 @@ class Gaussian(Method):
 
     def perturbation(self, batch: Batch) -> Tensor:
         S, B, D = batch.x.shape
-        z = torch.stack([torch.randn(B, D, generator=g) for g in self.gens])
+        # drawn on the CPU from each member's generator: the same noise whatever the device
+        z = torch.stack([torch.randn(B, D, generator=g) for g in self.gens]).to(batch.x.device)
         return unit(z, self.eps)
 
     def extra_loss(self, batch: Batch) -> Tensor:

@@ -248,6 +248,12 @@ class OptimConfig(Strict):
         description="matmul precision of training: bf16 (fp32 weights and optimizer, bf16 products),"
         " fp32, or auto = bf16 where the CPU multiplies bf16 natively (AVX-512 BF16 / AMX), else fp32",
     )
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:[0-9]{1,2})?)$",
+        description="where training runs: auto (a CUDA GPU when torch sees one, as in a Ray trial given"
+        " a GPU share; else the CPU), cpu, cuda or cuda:N",
+    )
 
 
 class AdversarialConfig(Strict):

@@ -103,8 +103,8 @@ class EnsembleMLP(nn.Module):
         """Member s as plain tensors: ``layers.{i}.weight`` (d_in, d_out) and ``.bias`` (d_out,)."""
         out = {}
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            out[f"layers.{i}.weight"] = w[s].detach().clone().contiguous()
-            out[f"layers.{i}.bias"] = b[s, 0].detach().clone().contiguous()
+            out[f"layers.{i}.weight"] = w[s].detach().cpu().clone().contiguous()
+            out[f"layers.{i}.bias"] = b[s, 0].detach().cpu().clone().contiguous()
         return out
 
     def seed_state(self, s: int) -> dict[str, Tensor]:

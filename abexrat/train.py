@@ -115,10 +115,27 @@ def adamw(params: list[torch.Tensor], lr: float, weight_decay: float) -> Any:
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-def use_bf16(precision: str) -> bool:
-    """Whether training multiplies in bf16: ``bf16``, or ``auto`` on a CPU with native bf16 products
-    (AVX-512 BF16 or AMX: about 2.3x fp32's matmul rate on the trainer's shapes). Elsewhere
-    ``auto`` stays fp32, because emulated bf16 is slower than fp32."""
+def resolve_device(device: str) -> torch.device:
+    """``train.device`` as a torch device: ``auto`` is the first CUDA GPU torch sees (in a Ray
+    trial, the GPU Ray assigned through CUDA_VISIBLE_DEVICES), else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            from abexrat.errors import UserError
+
+            raise UserError(f"train.device: {device} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    return torch.device(device)
+
+
+def use_bf16(precision: str, device: torch.device | None = None) -> bool:
+    """Whether training multiplies in bf16: ``bf16``, or ``auto`` on a GPU that has bf16 (Ampere
+    and later) or a CPU with native bf16 products (AVX-512 BF16 or AMX: about 2.3x fp32's matmul
+    rate on the trainer's shapes). Elsewhere ``auto`` stays fp32, because emulated bf16 is slower
+    than fp32."""
+    if precision == "auto" and device is not None and device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
     if precision == "auto":
         try:
             return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -171,9 +188,11 @@ def fit(
     k = cfg.model.ensemble
     members = member_seeds(seeds, k)
     S, (n, d) = len(members), X.shape
-    Xt, yt = torch.from_numpy(np.ascontiguousarray(X, np.float32)), torch.from_numpy(y.astype(np.int64))
+    device = resolve_device(cfg.train.device)
+    Xt, yt = torch.from_numpy(np.ascontiguousarray(X, np.float32)), torch.from_numpy(y.astype(np.int64)).to(device)
     model = EnsembleMLP(S, d, cfg.model.hidden, n_classes, cfg.model.dropout, group=k)
-    model.reset([stream_seed(s, 0) for s in members])
+    model.reset([stream_seed(s, 0) for s in members])  # on the CPU: the same initial weights on every device
+    model.to(device)
     shuffles = [np.random.default_rng(stream_seed(s, 1)) for s in members]
     drop_gens = [np.random.Generator(np.random.SFC64(stream_seed(s, 2))) for s in members]  # the fastest raw bits
     adv_gens = [torch.Generator().manual_seed(stream_seed(s, 3)) for s in members]
@@ -195,15 +214,16 @@ def fit(
         method_hook(method)
     gamma = cfg.loss.gamma if cfg.loss.name == "focal" else 0.0
     alpha = class_alpha(cfg, y, n_classes)
+    alpha = None if alpha is None else alpha.to(device)
     # Logit adjustment: the loss sees logits + tau log(prior), so the raw logits used at inference
     # are pushed to favour rare classes (Menon et al., "Long-tail learning via logit adjustment").
     prior = np.bincount(y, minlength=n_classes).astype(np.float64) + 1.0
-    shift = torch.tensor(cfg.loss.logit_adjust * np.log(prior / prior.sum()), dtype=torch.float32)
+    shift = torch.tensor(cfg.loss.logit_adjust * np.log(prior / prior.sum()), dtype=torch.float32, device=device)
     params = list(model.parameters())
     opt = adamw(params, cfg.train.lr, cfg.train.weight_decay)
     B = cfg.train.batch_size
     # bf16: the products run in bf16; the weights, optimizer state and loss stay fp32.
-    bf16 = use_bf16(cfg.train.precision)
+    bf16 = use_bf16(cfg.train.precision, device)
     result = TrainResult(model, list(seeds), scale, precision="bf16" if bf16 else "fp32")
     # Each epoch's rows are gathered, in each member's own order, into buffers sliced per step (views,
     # no copies), with the dropout masks of those rows beside them. The buffers are batch-major,
@@ -213,30 +233,38 @@ def fit(
     # in-memory X is cast once). A training set larger than the buffer budget (a memory-mapped one:
     # ``abexrat.stream_train``) is gathered block by block; blocks hold whole batches and the masks
     # are drawn in order, so the steps are the same either way.
+    #
+    # On a GPU the whole in-memory X lives there, and the rows are gathered there. The dropout masks
+    # and the orders are drawn on the CPU (the same numbers on every device) and copied over once
+    # per block.
     compute = torch.bfloat16 if bf16 else torch.float32
-    source = Xt if isinstance(X, np.memmap) else Xt.to(compute)
+    on_cpu = device.type == "cpu"
+    source = Xt if isinstance(X, np.memmap) else Xt.to(device, compute)
     rows = block_rows(n, S, model.dims, B)
     n_batches = -(-rows // B)
-    X_blk = torch.empty(n_batches, S, B, d, dtype=compute)
-    y_blk = torch.empty(n_batches, S, B, dtype=torch.int64)
+    X_blk = torch.empty(n_batches, S, B, d, dtype=compute, device=device)
+    y_blk = torch.empty(n_batches, S, B, dtype=torch.int64, device=device)
     masks_buf = [torch.empty(S, rows, h, dtype=compute) for h in model.dims[1:-1]] if model.dropout > 0 else None
+    masks_dev = masks_buf if on_cpu or masks_buf is None else [torch.empty_like(m, device=device) for m in masks_buf]
     masks_blk = None
     for epoch in range(cfg.train.epochs):
         model.train()
         perms = [torch.from_numpy(r.permutation(n)) for r in shuffles]
-        loss_sum = torch.zeros(S)
+        loss_sum = torch.zeros(S, device=device)
         for b0 in range(0, n, rows):
             m = min(rows, n - b0)
             mb = -(-m // B)
             # row ids (mb, S, B); a block's last batch is padded with row 0 and sliced off below
             ids = torch.stack([torch.nn.functional.pad(p[b0 : b0 + m], (0, mb * B - m)).view(mb, B) for p in perms], 1)
             flat = ids.view(-1)
-            if source.dtype == compute:
-                torch.index_select(source, 0, flat, out=X_blk[:mb].view(-1, d))
-            else:
+            if source.dtype == compute and source.device == device:
+                torch.index_select(source, 0, flat.to(device), out=X_blk[:mb].view(-1, d))
+            else:  # a memory-mapped X: gathered on the CPU
                 X_blk[:mb].view(-1, d).copy_(source[flat])
-            torch.index_select(yt, 0, flat, out=y_blk[:mb].view(-1))
+            torch.index_select(yt, 0, flat.to(device), out=y_blk[:mb].view(-1))
             masks_blk = model.dropout_masks(m, drop_gens, compute, out=masks_buf)
+            if masks_blk is not None and not on_cpu:
+                masks_blk = [dev[:, :m].copy_(mk, non_blocking=False) for dev, mk in zip(masks_dev, masks_blk)]
             for j in range(mb):
                 step = slice(j * B, min((j + 1) * B, m))
                 b = step.stop - step.start
@@ -250,7 +278,7 @@ def fit(
         result.history.append(record)
         if on_epoch:
             on_epoch(epoch + 1, record)
-    del X_blk, y_blk, masks_buf, masks_blk, source
+    del X_blk, y_blk, masks_buf, masks_dev, masks_blk, source
     release_free_memory()
     model.eval()
     result.train_s = time.perf_counter() - t0
@@ -325,11 +353,12 @@ def predict_proba(model: EnsembleMLP, X: np.ndarray, chunk: int = 8192) -> np.nd
     was_training = model.training
     model.eval()
     S = model.n_members
+    device = model.weights[0].device
     out = []
     Xt = torch.from_numpy(np.ascontiguousarray(X, np.float32))
     for start in range(0, len(Xt), chunk):
-        xb = Xt[start : start + chunk].unsqueeze(0).expand(S, -1, -1)
-        out.append(torch.softmax(model(xb), dim=-1))
+        xb = Xt[start : start + chunk].to(device).unsqueeze(0).expand(S, -1, -1)
+        out.append(torch.softmax(model(xb), dim=-1).cpu())
     model.train(was_training)
     if not out:
         return np.zeros((model.n_seeds, 0, model.dims[-1]), np.float32)

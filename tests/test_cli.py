@@ -91,6 +91,13 @@ def test_an_ensemble_run_saves_its_mlps_per_seed_and_evaluates_as_trained(
         assert scores[key] == pytest.approx(m["test"][key]["mean"], abs=1e-9)
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_a_cuda_device_without_a_gpu_exits_2_naming_the_key(tiny_config: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    r = cli("train", tiny_config, "--set", "train.device=cuda", "--out", tmp_path / "run")
+    assert r.code == 2 and "train.device: cuda asked for, but torch sees 0 CUDA GPU(s)" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "run").exists()
+
+
 def test_evaluate_accepts_jsonl_and_rejects_unknown_labels(trained: Path, tiny_dir: Path, cli, tmp_path: Path) -> None:  # noqa: ANN001
     rows = json.loads((tiny_dir / "test.json").read_text())
     (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
@@ -142,6 +149,7 @@ BAD_CONFIGS = {
         "more than 100000 values once aliases are expanded",
     ),
     "non-utf8": ("name: \udcff\n", "not UTF-8"),
+    "unknown device": ("train:\n  device: tpu\n", "train.device: String should match pattern"),
 }
 
 

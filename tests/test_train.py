@@ -95,6 +95,21 @@ def test_an_ensemble_seed_averages_its_mlps_and_its_first_mlp_is_the_single_seed
     assert score(y, proba.argmax(-1), ["a", "b", "c", "d"])["macro_f1"]["mean"] > 0.9
 
 
+def test_device_auto_is_the_cpu_without_cuda_and_trains_exactly_as_device_cpu() -> None:
+    from abexrat.train import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    X, y = _data()
+    cpu = CFG.model_copy(deep=True)
+    cpu.train.device = "cpu"
+    a, b = fit(X, y, 4, CFG, seeds=[1]), fit(X, y, 4, cpu, seeds=[1])
+    if not torch.cuda.is_available():
+        for p, q in zip(a.model.parameters(), b.model.parameters()):
+            assert torch.equal(p, q)
+    assert all(p.device.type == "cpu" for p in b.model.parameters())
+
+
 def test_training_learns_a_separable_problem() -> None:
     X, y = _data()
     Xv, yv = _data(200, seed=1)

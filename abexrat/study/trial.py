@@ -192,6 +192,10 @@ def run_trial(
     t0 = time.perf_counter()
     st = Study.model_validate(study)
     cfg = st.train_config(trial_overrides(params, arms))
+    if cfg.train.device == "auto":
+        # a trial trains where its resources say: on its GPU share, else on its CPUs (Ray does not
+        # always hide a node's GPUs from trials that asked for none)
+        cfg.train.device = "cuda" if st.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
     epochs = cfg.train.epochs
     limits = limits or {}
     memory_gb = limits.get("trial_memory_gb")
