@@ -366,3 +366,28 @@ def test_every_shipped_study_file_validates() -> None:
             kinds[path.stem] = study.kind
     assert kinds["quickstart"] == "search" and kinds["paper_ablation"] == "ablation"
     assert load_study(REPO / "studies" / "rat_search_cv.yaml").cv.splits == ["train", "val"]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_a_gpu_per_trial_on_a_local_ray_without_gpus_exits_2(tmp_path: Path, tiny_dir: Path) -> None:
+    """Trials that ask for a GPU the embedded Ray cannot grant would wait forever: a clear error instead."""
+    path = study_file(
+        tmp_path,
+        tiny_dir,
+        "tiny-gpu",
+        """
+space:
+  adversarial.eps: {type: float, low: 0.01, high: 1.0, log: true}
+budget: {num_samples: 2}
+resources: {cpu: 1, gpu: 0.25}
+""",
+    )
+    exe = str(Path(sys.executable).parent / "abexrat")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    r = subprocess.run(
+        [exe, "study", "run", str(path), "--out", str(tmp_path / "out")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "resources.gpu: 0.25 GPU per trial, but this machine's Ray has 0" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout and not (tmp_path / "out").exists()

@@ -228,10 +228,17 @@ def _trainable(
     return tune.with_resources(fn, res)
 
 
-def _check_memory_fits(study: Study) -> None:
-    """On a fixed (local) cluster, a memory request no node can grant would leave trials pending forever."""
+def _check_resources_fit(study: Study) -> None:
+    """On a fixed (local) cluster, a GPU or memory request no node can grant would leave trials
+    pending forever."""
     import ray
 
+    gpus = max((n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    if study.resources.gpu > gpus:
+        raise UserError(
+            f"resources.gpu: {study.resources.gpu:g} GPU per trial, but this machine's Ray has {gpus:g}"
+            " (set resources.gpu: 0 to train on CPUs, or join a cluster with GPUs: --address)"
+        )
     want = study.limits.trial_memory_gb
     if not want:
         return
@@ -582,7 +589,7 @@ def run_study(
     started = connect(address, preload=TRIAL_MODULES)
     try:
         if started:
-            _check_memory_fits(study)
+            _check_resources_fit(study)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "study.json", study.model_dump(mode="json"))
         t_enc = time.perf_counter()
