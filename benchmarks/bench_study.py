@@ -26,6 +26,13 @@ The budget is the same for both (``--budget``):
   searches of the same size on a 447-report validation split differs by chance alone.
 
     .venv/bin/python benchmarks/bench_study.py --trials 10 --epochs 4 --json out/study.json
+
+On a GPU machine, ``--gpu-share F`` gives each of abexrat's trials F of a GPU (Ray places 1/F trials
+per GPU, each training there: ``train.device`` auto). #6's GPU target, single-seed trials per hour on
+the OSHA embeddings (the quickstart's space and 20 epochs):
+
+    .venv/bin/python benchmarks/bench_study.py --which ours --budget trials --trials 400 --seeds 1 \
+        --epochs 20 --gpu-share 0.0625 --json out/study-gpu.json
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ def make_study(
     folder: Path,
     final_seeds: int = 2,
     time_budget_s: float | None = None,
+    gpu_share: float = 0.0,
 ) -> Any:
     """A study file like quickstart.yaml (same base, space, objective, resources, tracking on) with a
     smaller budget; written to ``folder`` and read back with ``load_study`` as the CLI would."""
@@ -69,7 +77,7 @@ def make_study(
         "objective": quick.get("objective", {}),
         "budget": {"num_samples": trials, **({"time_budget_s": time_budget_s} if time_budget_s else {})},
         "seeds_per_trial": seeds,
-        "resources": quick.get("resources", {"cpu": 1, "gpu": 0}),
+        "resources": {**quick.get("resources", {"cpu": 1}), "gpu": gpu_share},
         "final": {"seeds": final_seeds},
         "baselines": {},
         "tracking": {"wandb": True, "project": "abexrat-bench", "mode": "offline"},
@@ -281,6 +289,12 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--seeds", type=int, default=2, help="seeds per trial")
     p.add_argument("--which", choices=["both", "ours", "naive"], default="both")
+    p.add_argument(
+        "--gpu-share",
+        type=float,
+        default=0.0,
+        help="abexrat's trials each get this share of a GPU and train on it (0.0625: 16 trials per GPU)",
+    )
     p.add_argument("--keep", type=Path, default=None, help="keep the study folders here")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -289,7 +303,13 @@ def main() -> None:
     # this machine (another job's), which would measure that cluster instead.
     os.environ["RAY_ADDRESS"] = "local"
     res: dict[str, Any] = {
-        "config": {"trials": args.trials, "epochs": args.epochs, "seeds_per_trial": args.seeds, "budget": args.budget},
+        "config": {
+            "trials": args.trials,
+            "epochs": args.epochs,
+            "seeds_per_trial": args.seeds,
+            "budget": args.budget,
+            "gpu_share": args.gpu_share,
+        },
         "machine": machine(),
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -305,7 +325,9 @@ def main() -> None:
             # Same wall time as the naive search, and room for the trials it affords in it.
             budget_s = res["naive"]["search_wall_s"] if by_time else None
             trials = args.trials * 20 if by_time else args.trials
-            study = make_study("bench-abexrat", trials, args.epochs, args.seeds, root, time_budget_s=budget_s)
+            study = make_study(
+                "bench-abexrat", trials, args.epochs, args.seeds, root, time_budget_s=budget_s, gpu_share=args.gpu_share
+            )
             res["abexrat"] = run_ours(study, root / "abexrat")
             # The naive set-up may run next in this process: give it Tune's stock trial actors back.
             class_cache.DEFAULT_ENV_VARS.update(stock_env)
