@@ -63,7 +63,7 @@ space:
   model.hidden: {type: categorical, choices: [[16], [32]]}
 budget: {num_samples: 6}
 seeds_per_trial: 2
-final: {seeds: 3}
+final: {seeds: 3, overrides: {model.ensemble: 2, train.epochs: 3}}
 baselines:
   no_adversarial: {adversarial.method: none}
 """,
@@ -103,6 +103,10 @@ def test_trial_table_matches_the_summary(search: tuple[Path, dict]) -> None:
     assert best_row["param:data.aug_ratio"] == pytest.approx(s["best_config"]["aug_ratio"])
     # the categorical list choice travels through Optuna and back into the config
     assert s["best_config"]["train_config"]["model"]["hidden"] in ([16], [32])
+    # final.overrides reach the final round only: search trials train 4 epochs, final ones 3
+    assert set(searched["epoch"]) == {4} and set(final["epoch"]) == {3}
+    assert s["best_config"]["train_config"]["model"]["ensemble"] == 2
+    assert s["best_config"]["train_config"]["train"]["epochs"] == 3
 
 
 def test_wandb_offline_runs_equal_the_results(search: tuple[Path, dict]) -> None:
@@ -171,6 +175,10 @@ BAD_STUDIES = {
         "space.adversarial.p: adversarial.p: Input should be less than or equal to 1 (got 1.5)",
     ),
     "bad name": ("space: {adversarial.p: {type: float, low: 0, high: 1}}\nname: ../../etc", "name: Value error"),
+    "bad final override": (
+        "space: {adversarial.p: {type: float, low: 0, high: 1}}\nfinal: {overrides: {model.ensemble: 0}}",
+        "final.overrides: model.ensemble: Input should be greater than or equal to 1",
+    ),
 }
 
 

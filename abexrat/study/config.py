@@ -97,7 +97,19 @@ class Limits(Strict):
 
 
 class Final(Strict):
+    """The final round: the best configuration and each baseline, ``seeds`` seeds, scored on test.
+
+    ``overrides`` (dotted keys, as a baseline's) apply to every final arm and not to the search, a
+    baseline's or the best's own keys taking precedence: e.g. ``{model.ensemble: 3}`` scores the
+    recipe's full model while the search ranks settings with cheaper single MLPs.
+    """
+
     seeds: int = Field(5, ge=1, le=100)
+    overrides: dict[str, Any] = Field(default_factory=dict, max_length=100)
+
+    def arm(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """A final arm's overrides: ``overrides`` on top of the round's own."""
+        return {**self.overrides, **overrides}
 
 
 class CrossValidation(Strict):
@@ -272,8 +284,9 @@ def load_study(path: str | Path) -> Study:
     if study.kind == "ablation":
         for arm, over in study.arms().items():
             study.train_config(over, where=f"{path}: ablation arm {arm}")
+    study.train_config(study.final.overrides, where=f"{path}: final.overrides")
     for name, over in study.baselines.items():
-        study.train_config(over, where=f"{path}: baselines.{name}")
+        study.train_config(study.final.arm(over), where=f"{path}: baselines.{name}")
     return study
 
 

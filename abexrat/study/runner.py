@@ -360,7 +360,7 @@ def run_final(
     (and with ``cv``, cross-validated too)."""
     from ray import tune
 
-    arms = {"best": best, **study.baselines}
+    arms = {name: study.final.arm(over) for name, over in {"best": best, **study.baselines}.items()}
     seeds = list(range(study.seed, study.seed + study.final.seeds))
     callbacks = _callbacks(len(arms), "final", study, FINAL, out, mode)
     trainable = _trainable(study, feats, arms, seeds, with_test=True, timed=False, cv=cv)
@@ -633,7 +633,7 @@ def run_study(
             raise UserError(f"{out / FINAL}: the final retraining of the best configuration failed")
         table = pd.concat([search_df, final_df], ignore_index=True)
         _write_table(table, out)
-        best_cfg = study.train_config(best_overrides)
+        best_cfg = study.train_config(study.final.arm(best_overrides))  # as the final round trained it
         wall = time.perf_counter() - t0
         summary = {
             "study": study.name,
