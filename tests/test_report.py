@@ -20,7 +20,7 @@ space:
   data.aug_ratio: {type: float, low: 0.0, high: 1.0}
 budget: {num_samples: 5}
 seeds_per_trial: 1
-final: {seeds: 3}
+final: {seeds: 3, overrides: {model.ensemble: 2}}
 baselines:
   no_adversarial: {adversarial.method: none}
 """
@@ -99,6 +99,7 @@ def test_headline_shows_the_summary_and_the_paper(studies: dict[str, Path], repo
         assert f"{pct(t['weighted_f1']['mean'])} ± {pct(t['weighted_f1']['std'])}" in text
         assert "90.32" in text and "92.82" in text
         assert s["best_config"]["method"] in text
+        assert "The final round (the best and the baselines) trained with model.ensemble=2; the search did not." in text
     table = md_table(md, "Headline", "configuration")
     best = table["best"]
     for split in ("val", "test"):

@@ -87,14 +87,12 @@ def _replace(tmp: Path, out: Path) -> None:
 
 def _sections(main: tables.Analysis, others: list[tables.Analysis], folder: Path) -> list[Section]:
     r = main.r
-    out = [
-        Section(
-            "headline",
-            "Headline",
-            "The best configuration, scored once on test with the final seeds.",
-            [tables.best_config(r), tables.headline(main)],
-        ),
-    ]
+    intro = "The best configuration, scored once on test with the final seeds."
+    final_overrides = ((r.study or {}).get("final") or {}).get("overrides") or {}
+    if final_overrides:
+        shown = ", ".join(f"{k}={v}" for k, v in final_overrides.items())
+        intro += f" The final round (the best and the baselines) trained with {shown}; the search did not."
+    out = [Section("headline", "Headline", intro, [tables.best_config(r), tables.headline(main)])]
     vs = tables.versus_baselines(main)
     if vs:
         out.append(Section("baselines", "Best against the baselines", tables=[vs]))
