@@ -126,6 +126,12 @@ def test_wandb_offline_runs_equal_the_results(search: tuple[Path, dict]) -> None
         assert r.history[-1]["val_macro_f1"] == pytest.approx(row["val_macro_f1"])
     best = next(r for r in by_job["final"] if r.config["arm"] == "best")
     assert best.summary["test_macro_f1"] == pytest.approx(s["test"]["macro_f1"]["mean"])
+    # every run's config holds the full train config it trained: the final round's overrides included
+    assert best.config["train_config"] == s["best_config"]["train_config"]
+    for r in by_job["search"]:
+        trained = r.config["train_config"]
+        assert trained["adversarial"]["eps"] == pytest.approx(r.config["adversarial.eps"])
+        assert trained["model"]["ensemble"] == 1 and trained["train"]["epochs"] == 4
     assert s["tracking"]["runs"] == 8 and s["tracking"]["mode"] == "offline"
     # The package list is recorded once per stage and in the summary run, not in every trial's run.
     with_packages = {job: sum("requirements.txt" in r.files for r in rs) for job, rs in by_job.items()}

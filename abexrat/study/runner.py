@@ -177,7 +177,9 @@ def _fmt(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def _callbacks(total: int, label: str, study: Study, job: str, out: Path, mode: str) -> list[Any]:
+def _callbacks(
+    total: int, label: str, study: Study, job: str, out: Path, mode: str, arms: dict[str, dict[str, Any]] | None = None
+) -> list[Any]:
     from ray.tune import Callback
 
     class _Progress(ConsoleProgress, Callback):
@@ -185,7 +187,7 @@ def _callbacks(total: int, label: str, study: Study, job: str, out: Path, mode: 
 
     cbs: list[Any] = [_Progress(total, label, study.objective.metric, list(study.space))]
     if mode != "disabled":
-        cbs.append(WandbTrials(study.name, study.tracking, job, out, mode))
+        cbs.append(WandbTrials(study.name, study.tracking, job, out, mode, study.model_dump(mode="json"), arms))
     return cbs
 
 
@@ -319,7 +321,7 @@ def run_search(study: Study, feats: Any, out: Path, resume: bool, mode: str, cv:
             grace_period=min(study.early_stopping.grace_period, epochs),
             reduction_factor=study.early_stopping.reduction_factor,
         )
-    callbacks = _callbacks(total, job, study, job, out, mode)
+    callbacks = _callbacks(total, job, study, job, out, mode, arms)
     trainable = _trainable(study, feats, arms, seeds, with_test=study.kind == "ablation", timed=True, cv=cv)
     path = out / SEARCH
     if resume and tune.Tuner.can_restore(str(path.resolve())):
@@ -362,7 +364,7 @@ def run_final(
 
     arms = {name: study.final.arm(over) for name, over in {"best": best, **study.baselines}.items()}
     seeds = list(range(study.seed, study.seed + study.final.seeds))
-    callbacks = _callbacks(len(arms), "final", study, FINAL, out, mode)
+    callbacks = _callbacks(len(arms), "final", study, FINAL, out, mode, arms)
     trainable = _trainable(study, feats, arms, seeds, with_test=True, timed=False, cv=cv)
     path = out / FINAL
     if resume and tune.Tuner.can_restore(str(path.resolve())):

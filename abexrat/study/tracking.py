@@ -64,11 +64,33 @@ def _scalars(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class WandbTrials(Callback):
-    """A Tune callback that writes one W&B run per finished trial from a background thread."""
+def train_config_of(study: dict[str, Any], arms: dict[str, dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
+    """The full train config a trial of ``study`` (its dump) with Tune ``params`` trained."""
+    from abexrat.study.config import Study
+    from abexrat.study.trial import trial_overrides
 
-    def __init__(self, study: str, tracking: Tracking, job_type: str, folder: Path, mode: str) -> None:
+    return Study.model_validate(study).train_config(trial_overrides(params, arms)).model_dump(mode="json")
+
+
+class WandbTrials(Callback):
+    """A Tune callback that writes one W&B run per finished trial from a background thread.
+
+    A run's config holds the trial's Tune parameters, its id and, given the ``settings`` (the
+    study's dump) and ``arms`` of the stage, the full train config it trained (``train_config``).
+    """
+
+    def __init__(
+        self,
+        study: str,
+        tracking: Tracking,
+        job_type: str,
+        folder: Path,
+        mode: str,
+        settings: dict[str, Any] | None = None,
+        arms: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         self.study, self.tracking, self.job_type, self.folder, self.mode = study, tracking, job_type, folder, mode
+        self.settings, self.arms = settings, arms or {}
         self.busy_s = 0.0
         self.runs: list[str] = []
         self._setup()
@@ -111,13 +133,14 @@ class WandbTrials(Callback):
             t0 = time.perf_counter()
             trial_id, config, history, final = item
             try:
+                extra = {"train_config": train_config_of(self.settings, self.arms, config)} if self.settings else {}
                 run = wandb.init(
                     project=self.tracking.project,
                     entity=self.tracking.entity,
                     group=self.study,
                     job_type=self.job_type,
                     name=f"{self.study}-{self.job_type}-{trial_id}",
-                    config={**config, "trial_id": trial_id},
+                    config={**config, "trial_id": trial_id, **extra},
                     dir=str(self.folder),
                     mode=self.mode,
                     reinit="create_new",
