@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +290,9 @@ def run_search(study: Study, feats: Any, out: Path, resume: bool, mode: str, cv:
     searcher_log = logging.getLogger("ray.tune.search.optuna.optuna_search")
     if _quiet_nan not in searcher_log.filters:
         searcher_log.addFilter(_quiet_nan)
+    # A trial run again after its node died reports its epochs again under the same Optuna trial,
+    # which keeps the first value of each step and warns once per epoch: expected, so not shown.
+    warnings.filterwarnings("ignore", message="The reported value is ignored because this `step=", category=UserWarning)
 
     from abexrat.study.space import SearchSpace
 
