@@ -257,11 +257,12 @@ def fit(
             # row ids (mb, S, B); a block's last batch is padded with row 0 and sliced off below
             ids = torch.stack([torch.nn.functional.pad(p[b0 : b0 + m], (0, mb * B - m)).view(mb, B) for p in perms], 1)
             flat = ids.view(-1)
+            flat_dev = flat.to(device)
             if source.dtype == compute and source.device == device:
-                torch.index_select(source, 0, flat.to(device), out=X_blk[:mb].view(-1, d))
+                torch.index_select(source, 0, flat_dev, out=X_blk[:mb].view(-1, d))
             else:  # a memory-mapped X: gathered on the CPU
                 X_blk[:mb].view(-1, d).copy_(source[flat])
-            torch.index_select(yt, 0, flat.to(device), out=y_blk[:mb].view(-1))
+            torch.index_select(yt, 0, flat_dev, out=y_blk[:mb].view(-1))
             masks_blk = model.dropout_masks(m, drop_gens, compute, out=masks_buf)
             if masks_blk is not None and not on_cpu:
                 masks_blk = [dev[:, :m].copy_(mk, non_blocking=False) for dev, mk in zip(masks_dev, masks_blk)]

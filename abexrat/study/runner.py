@@ -188,7 +188,7 @@ def _callbacks(
 
     cbs: list[Any] = [_Progress(total, label, study.objective.metric, list(study.space))]
     if mode != "disabled":
-        cbs.append(WandbTrials(study.name, study.tracking, job, out, mode, study.model_dump(mode="json"), arms))
+        cbs.append(WandbTrials(study.name, study.tracking, job, out, mode, study, arms))
     return cbs
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from abexrat.study.config import Tracking
+from abexrat.study.config import Study, Tracking
 
 _SKIP = {
     "config",
@@ -64,19 +64,11 @@ def _scalars(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def train_config_of(study: dict[str, Any], arms: dict[str, dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
-    """The full train config a trial of ``study`` (its dump) with Tune ``params`` trained."""
-    from abexrat.study.config import Study
-    from abexrat.study.trial import trial_overrides
-
-    return Study.model_validate(study).train_config(trial_overrides(params, arms)).model_dump(mode="json")
-
-
 class WandbTrials(Callback):
     """A Tune callback that writes one W&B run per finished trial from a background thread.
 
-    A run's config holds the trial's Tune parameters, its id and, given the ``settings`` (the
-    study's dump) and ``arms`` of the stage, the full train config it trained (``train_config``).
+    A run's config holds the trial's Tune parameters, its id and, given the study's ``settings``
+    and the stage's ``arms``, the full train config it trained (``train_config``).
     """
 
     def __init__(
@@ -86,7 +78,7 @@ class WandbTrials(Callback):
         job_type: str,
         folder: Path,
         mode: str,
-        settings: dict[str, Any] | None = None,
+        settings: Study | None = None,
         arms: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.study, self.tracking, self.job_type, self.folder, self.mode = study, tracking, job_type, folder, mode
@@ -133,7 +125,7 @@ class WandbTrials(Callback):
             t0 = time.perf_counter()
             trial_id, config, history, final = item
             try:
-                extra = {"train_config": train_config_of(self.settings, self.arms, config)} if self.settings else {}
+                extra = {"train_config": self._train_config(config)} if self.settings else {}
                 run = wandb.init(
                     project=self.tracking.project,
                     entity=self.tracking.entity,
@@ -157,6 +149,12 @@ class WandbTrials(Callback):
             except Exception as e:  # tracking must never stop a study
                 print(f"wandb: could not log trial {trial_id}: {e}")
             self.busy_s += time.perf_counter() - t0
+
+    def _train_config(self, params: dict[str, Any]) -> dict[str, Any]:
+        from abexrat.study.trial import trial_overrides
+
+        assert self.settings is not None
+        return self.settings.train_config(trial_overrides(params, self.arms)).model_dump(mode="json")
 
     def close(self) -> float:
         """Wait for the queue to drain; returns the seconds the driver waited."""
