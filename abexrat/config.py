@@ -145,6 +145,11 @@ class DataConfig(Strict):
     untitled_copies: bool = Field(
         False, description="also train on each titled training original without its title (reports with none)"
     )
+    short_copies: bool = Field(
+        False,
+        description="also train on each training original cut to its narrative's first sentence, untitled"
+        " (short one-line reports)",
+    )
 
 
 class EncoderConfig(Strict):

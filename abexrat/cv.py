@@ -81,7 +81,7 @@ def cv_train_and_score(
     oof = np.zeros((len(seeds), len(cvf.y)), np.int64)
     train_s = 0.0
     for feats, held in zip(cvf.folds, cvf.held_out):
-        X, y = feats.training_set(cfg.data.aug_ratio, cfg.data.aug_seed, cfg.data.untitled_copies)
+        X, y = feats.training_set_for(cfg)
         result = fit(X, y, len(cvf.classes), cfg, seeds, on_epoch=on_epoch)
         oof[:, held] = predict_proba(result.model, feats.X_val).argmax(-1)
         train_s += result.train_s

@@ -60,6 +60,17 @@ def split_title(text: str) -> tuple[str, str]:
     return (title, rest) if sep else ("", text)
 
 
+# A sentence ends at . ! or ? after a lower-case letter, a digit or a bracket, before a capital:
+# "a.m. on" and "No. 2" do not end one, "...the ladder. Employee #1 fell" does.
+SENTENCE_END = re.compile(r"(?<=[a-z0-9)][.!?])\s+(?=[A-Z])")
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a report's narrative, without its title: a short one-line report."""
+    narrative = " ".join(split_title(text)[1].split())
+    return SENTENCE_END.split(narrative, maxsplit=1)[0]
+
+
 @dataclass(frozen=True)
 class Split:
     """Reports of one split. ``labels`` is an int64 array of shape (n,) indexing the classes."""

@@ -25,6 +25,7 @@ from abexrat.data import (
     Columns,
     Dataset,
     Split,
+    first_sentence,
     load_osha,
     load_splits,
     load_table,
@@ -99,6 +100,9 @@ class Features:
     # The titled training originals again, embedded without their title (``data.untitled_copies``).
     X_untitled: np.ndarray | None = None
     y_untitled: np.ndarray | None = None
+    # Every training original again as its narrative's first sentence, untitled (``data.short_copies``).
+    X_short: np.ndarray | None = None
+    y_short: np.ndarray | None = None
     # Streamed features (``abexrat.stream_train``): the X_* are memory-mapped from this folder, and
     # pickling them (``ray.put``) sends the folder's name, not the arrays.
     mapped: str | None = None
@@ -118,19 +122,32 @@ class Features:
                 open_split(Path(self.mapped), s) for s in ("train", "val", "test")
             )
 
-    def training_set(self, ratio: float, seed: int, untitled: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def training_set(
+        self, ratio: float, seed: int, untitled: bool = False, short: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Originals plus, per class, the first ceil(ratio n) synthetic rows in a seeded order, plus
-        (``untitled``) the titled originals without their title. X (n, dim) float32, y (n,) int64
-        (the originals themselves, not a copy, when nothing is added)."""
+        (``untitled``) the titled originals without their title and (``short``) every original's
+        first sentence. X (n, dim) float32, y (n,) int64 (the originals themselves, not a copy,
+        when nothing is added)."""
         pool = Split([""] * len(self.y_synth), [""] * len(self.y_synth), self.y_synth, self.synth_sources)
         pick = select_synthetic(pool, len(self.classes), ratio, seed)
-        if not len(pick) and not (untitled and self.X_untitled is not None):
+        copies = [
+            (X, y)
+            for on, X, y in ((untitled, self.X_untitled, self.y_untitled), (short, self.X_short, self.y_short))
+            if on and X is not None
+        ]
+        if not len(pick) and not copies:
             return self.X_train, self.y_train
         Xs, ys = [self.X_train, self.X_synth[pick]], [self.y_train, self.y_synth[pick]]
-        if untitled and self.X_untitled is not None:
-            Xs.append(self.X_untitled)
-            ys.append(self.y_untitled)
+        for X, y in copies:
+            Xs.append(X)
+            ys.append(y)
         return np.concatenate(Xs), np.concatenate(ys)
+
+    def training_set_for(self, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`training_set` as ``cfg.data`` asks for it."""
+        d = cfg.data
+        return self.training_set(d.aug_ratio, d.aug_seed, d.untitled_copies, d.short_copies)
 
 
 def build_encoder(cfg: TrainConfig) -> Encoder:
@@ -146,10 +163,10 @@ def fit_texts(ds: Dataset, enc: Encoder) -> list[str]:
     return ds.train.texts + (ds.synthetic.texts if enc.fit_synthetic else [])
 
 
-def n_to_embed(ds: Dataset, untitled: bool = True) -> int:
+def n_to_embed(ds: Dataset, untitled: bool = True, short: bool = True) -> int:
     """How many texts ``featurize`` embeds (for progress bars)."""
     titled = sum(1 for t in ds.train.texts if split_title(t)[0]) if untitled else 0
-    return len(ds.train) + len(ds.synthetic) + len(ds.val) + len(ds.test) + titled
+    return len(ds.train) * (1 + short) + len(ds.synthetic) + len(ds.val) + len(ds.test) + titled
 
 
 def featurize(
@@ -158,19 +175,23 @@ def featurize(
     cache: EmbeddingCache | None = None,
     progress: Callable[[int], None] | None = None,
     untitled: bool = True,
+    short: bool = True,
 ) -> Features:
-    """Embed every split (the tf-idf part fits on training rows only, see ``fit_texts``), and with
-    ``untitled`` (a study may search ``data.untitled_copies``) the titled training originals once
-    more without their title."""
+    """Embed every split (the tf-idf part fits on training rows only, see ``fit_texts``), and (a
+    study may search ``data.untitled_copies`` and ``data.short_copies``) with ``untitled`` the
+    titled training originals once more without their title, with ``short`` every training
+    original as its narrative's first sentence."""
     stats = EmbedStats()
     titled = [i for i, t in enumerate(ds.train.texts) if untitled and split_title(t)[0]]
     kept = ds.train.subset(titled)
     bare = Split(kept.ids, [split_title(t)[1] for t in kept.texts], kept.labels)
-    parts = [ds.train, ds.synthetic, ds.val, ds.test, bare]
+    cut = ds.train if short else ds.train.subset([])
+    first = Split(cut.ids, [first_sentence(t) for t in cut.texts], cut.labels)
+    parts = [ds.train, ds.synthetic, ds.val, ds.test, bare, first]
     texts = [t for p in parts for t in p.texts]
     X = embed_texts(enc, texts, fit_texts=fit_texts(ds, enc), cache=cache, stats=stats, progress=progress)
     cuts = np.cumsum([len(p) for p in parts])[:-1]
-    Xtr, Xsy, Xva, Xte, Xun = np.split(X, cuts)
+    Xtr, Xsy, Xva, Xte, Xun, Xsh = np.split(X, cuts)
     return Features(
         ds.classes,
         Xtr,
@@ -186,6 +207,8 @@ def featurize(
         stats,
         Xun,
         bare.labels,
+        Xsh if short else None,
+        first.labels if short else None,
     )
 
 
@@ -198,7 +221,7 @@ def train_and_score(
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Train all seeds on the config's training set; score on val and, ``with_test``, on test (test is
     never used to choose: a search trial does not even score it)."""
-    X, y = feats.training_set(cfg.data.aug_ratio, cfg.data.aug_seed, cfg.data.untitled_copies)
+    X, y = feats.training_set_for(cfg)
     result = fit(X, y, len(feats.classes), cfg, seeds, val=(feats.X_val, feats.y_val), on_epoch=on_epoch)
     scores: dict[str, Any] = {}
     splits = [("val", feats.X_val, feats.y_val)] + ([("test", feats.X_test, feats.y_test)] if with_test else [])
@@ -288,11 +311,11 @@ def run_config(cfg: TrainConfig, out: Path, progress: Any = None, stream: bool =
     t0 = time.perf_counter()
     ds = load_dataset(cfg)
     enc = build_encoder(cfg)
-    untitled = cfg.data.untitled_copies
-    n_texts = n_to_embed(ds, untitled) * len(leaves(enc))  # the bar advances once per text and encoder part
+    untitled, short = cfg.data.untitled_copies, cfg.data.short_copies
+    n_texts = n_to_embed(ds, untitled, short) * len(leaves(enc))  # the bar advances once per text and encoder part
     advance = progress.task("encoding", n_texts) if progress else None
     cache = EmbeddingCache()
-    feats = featurize(ds, enc, cache, advance, untitled=untitled)
+    feats = featurize(ds, enc, cache, advance, untitled=untitled, short=short)
     fitted_encoder(enc, fit_texts(ds, enc), cache)
     seeds = cfg.seed_list()
     tick = progress.task(f"training {len(seeds)} seed(s)", cfg.train.epochs) if progress else None

@@ -10,7 +10,8 @@ rows would not fit in memory (:func:`abexrat.data.fits_in_memory`), or with ``--
    test. The driver keeps only class counts and a seeded reservoir sample of at most
    ``FIT_SAMPLE`` training texts, which a fitted encoder (the tf-idf part) fits on.
 2. **Encode.** Ray Data actors holding the fitted encoder embed each batch (and, with
-   ``data.untitled_copies``, each titled training row once more without its title); the driver
+   ``data.untitled_copies``, each titled training row once more without its title, and with
+   ``data.short_copies``, each training row as its narrative's first sentence); the driver
    appends each split's vectors to a float32 file. The files sit in the cache under a key of the
    file (path, size, mtime), the columns, the split settings and the encoder; they are written in a
    temporary folder and renamed when complete, so a rerun encodes nothing and a killed run leaves
@@ -48,6 +49,7 @@ from abexrat.data import (
     _class_order,
     _row_label,
     _row_text,
+    first_sentence,
     fits_in_memory,
     split_title,
 )
@@ -130,7 +132,8 @@ class RowReader:
 
 class Embedder(RowReader):
     """A Ray Data actor: loads the fitted encoder once, then maps raw rows to vectors ``x`` (n, d),
-    class indices ``y`` and splits (untitled copies of titled training rows appended as train)."""
+    class indices ``y`` and splits (untitled copies of titled training rows and short copies of all
+    training rows appended as train)."""
 
     def __init__(self, path: str, cfg: dict[str, Any], encoder_dir: str, classes: list[str]) -> None:
         import torch
@@ -141,7 +144,8 @@ class Embedder(RowReader):
         torch.set_num_threads(1)
         self.enc = load_encoder(Path(encoder_dir))
         self.index = {c: k for k, c in enumerate(classes)}
-        self.untitled = TrainConfig.model_validate(cfg).data.untitled_copies
+        data = TrainConfig.model_validate(cfg).data
+        self.untitled, self.short = data.untitled_copies, data.short_copies
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from abexrat.embed import NoCache, embed_texts
@@ -159,13 +163,18 @@ class Embedder(RowReader):
             }
         y = [self.index.get(label, -1) for label in labels]
         n = len(y)
+        train = [k for k in range(n) if splits[k] == 0]
         if self.untitled:
-            for k in [k for k in range(len(texts)) if splits[k] == 0 and split_title(texts[k])[0]]:
+            for k in [k for k in train if split_title(texts[k])[0]]:
                 texts.append(split_title(texts[k])[1])
                 y.append(y[k])
-            splits = np.concatenate([splits, np.zeros(len(texts) - len(splits), np.int8)])
+        if self.short:
+            for k in train:
+                texts.append(first_sentence(texts[k]))
+                y.append(y[k])
+        splits = np.concatenate([splits, np.zeros(len(texts) - len(splits), np.int8)])
         x = embed_texts(self.enc, texts, cache=NoCache())
-        copy = np.arange(len(y)) >= n  # the untitled copies, appended after the file's rows
+        copy = np.arange(len(y)) >= n  # the copies, appended after the file's rows
         out = {"x": x.astype(np.float32), "y": np.asarray(y, np.int64), "split": splits, "copy": copy}
         return {**out, "error": _obj([""] * len(y))}
 
@@ -217,6 +226,7 @@ def features_key(path: Path, cfg: TrainConfig, encoder_key: str) -> str:
         "columns": [d.text_column, d.label_column, d.title_column, d.summary_column],
         "split": [d.split_seed, d.val_fraction, d.test_fraction],
         "untitled": d.untitled_copies,
+        **({"short": True} if d.short_copies else {}),  # absent when off: earlier features keep their key
         "encoder": encoder_key,
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]

@@ -58,7 +58,7 @@ def load_features(aug_ratio: float, synthetic: bool) -> tuple[Any, ...]:
     from abexrat.experiment import build_encoder, featurize, load_dataset
 
     feats = featurize(load_dataset(cfg), build_encoder(cfg), EmbeddingCache())
-    X, y = feats.training_set(cfg.data.aug_ratio, cfg.data.aug_seed, cfg.data.untitled_copies)
+    X, y = feats.training_set_for(cfg)
     return X, y, feats.X_val, feats.y_val, len(feats.classes), cfg
 
 

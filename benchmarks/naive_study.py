@@ -46,7 +46,7 @@ def naive_trainable(config: dict[str, Any], study: dict[str, Any], seeds: list[i
     cfg = Study.model_validate(study).train_config(dict(config))
     ds = load_dataset(cfg)
     feats = featurize(ds, build_encoder(cfg), EmbeddingCache())  # from the cache: reads every shard
-    X, y = feats.training_set(cfg.data.aug_ratio, cfg.data.aug_seed, cfg.data.untitled_copies)
+    X, y = feats.training_set_for(cfg)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
     Xv = torch.from_numpy(feats.X_val)
     n, d = X.shape

@@ -104,6 +104,13 @@ def test_train_streams_a_file_too_large_for_memory(
     assert p.code == 0, p.stderr
     assert sorted(json.loads(x)["id"] for x in p.stdout.splitlines()) == sorted(r["id"] for r in rows)
 
+    # Short copies: every training row once more, as its narrative's first sentence.
+    r = cli(*args, "--set", "data.short_copies=true", "--out", tmp_path / "short")
+    assert r.code == 0, r.stderr
+    short = json.loads((tmp_path / "short" / "metrics.json").read_text())
+    assert short["train_size"] == 2 * counts["train"] + titled
+    assert short["streamed"]["features"] != m["streamed"]["features"]
+
 
 def test_bad_rows_in_a_streamed_file_end_in_one_line(
     local_ray,  # noqa: ANN001

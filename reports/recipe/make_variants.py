@@ -11,15 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
-SENTENCE_END = re.compile(r"(?<=[a-z0-9)][.!?])\s+(?=[A-Z])")
-
-
-def first_sentence(text: str) -> str:
-    text = " ".join(text.split())
-    return SENTENCE_END.split(text, maxsplit=1)[0]
+from abexrat.data import first_sentence
 
 
 def main() -> None:
@@ -31,7 +25,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     variants = {
         "untitled": lambda r: {"title": "", "summary": r["summary"]},
-        "short": lambda r: {"title": "", "summary": first_sentence(r["summary"])},
+        "short": lambda r: {"title": "", "summary": first_sentence(" ".join(r["summary"].split()))},
         "title_only": lambda r: {"title": r["title"], "summary": ""},
     }
     for name, make in variants.items():
