@@ -62,11 +62,15 @@ def cv_featurize(
     seed: int,
     splits: list[str],
     cache: EmbeddingCache | None = None,
+    short: bool | None = None,
 ) -> CVFeatures:
-    """Embed every fold with its own fitted encoder (per-text caches are shared across folds)."""
+    """Embed every fold with its own fitted encoder (per-text caches are shared across folds);
+    ``short``: embed the short copies too (default: when ``cfg.data.short_copies`` asks for them)."""
     cache = cache or EmbeddingCache()
+    short = cfg.data.short_copies if short is None else short
     datasets, y, held = cv_datasets(ds, k, seed, splits)
-    return CVFeatures(ds.classes, y, held, [featurize(fold, build_encoder(cfg), cache) for fold in datasets])
+    folds = [featurize(fold, build_encoder(cfg), cache, short=short) for fold in datasets]
+    return CVFeatures(ds.classes, y, held, folds)
 
 
 def cv_train_and_score(

@@ -405,3 +405,23 @@ resources: {cpu: 1, gpu: 0.25}
     assert r.returncode == 2, r.stdout + r.stderr
     assert "resources.gpu: 0.25 GPU per trial, but this machine's Ray has 0" in r.stderr
     assert "Traceback" not in r.stderr + r.stdout and not (tmp_path / "out").exists()
+
+
+def test_short_copies_are_embedded_only_for_studies_whose_trials_may_train_on_them(
+    tmp_path: Path, tiny_dir: Path
+) -> None:
+    from abexrat.study.config import load_study
+    from abexrat.study.runner import _trains_short_copies
+
+    space = "space: {adversarial.p: {type: float, low: 0, high: 1}}\n"
+    bodies = {
+        "plain": (space, False),
+        "searched": ("space: {data.short_copies: {type: categorical, choices: [false, true]}}", True),
+        "baseline": (space + "baselines: {short: {data.short_copies: true}}", True),
+        "final": (space + "final: {overrides: {data.short_copies: true}}", True),
+        "arm": ("kind: ablation\nablation: {factors: {short: {off: {}, on: {data.short_copies: true}}}}", True),
+        "arms off": ("kind: ablation\nablation: {factors: {rat: {on: {}, off: {adversarial.method: none}}}}", False),
+    }
+    for name, (body, want) in bodies.items():
+        study = load_study(study_file(tmp_path, tiny_dir, name.replace(" ", "-"), body))
+        assert _trains_short_copies(study) is want, name

@@ -553,6 +553,16 @@ def _check_streamed_study(study: Study) -> None:
         )
 
 
+def _trains_short_copies(study: Study) -> bool:
+    """Whether any trial may train on short copies (``data.short_copies``): only then are they embedded."""
+    if "data.short_copies" in study.space:
+        return True
+    overrides = [{}, *(study.final.arm(o) for o in study.baselines.values()), study.final.overrides]
+    if study.kind == "ablation":
+        overrides += list(study.arms().values())
+    return any(study.train_config(o).data.short_copies for o in overrides)
+
+
 def run_study(
     study: Study,
     out: Path,
@@ -599,13 +609,14 @@ def run_study(
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "study.json", study.model_dump(mode="json"))
         t_enc = time.perf_counter()
-        feats = stream_features(base)[0] if streamed else featurize(ds, encoder, EmbeddingCache())
+        short = _trains_short_copies(study)
+        feats = stream_features(base)[0] if streamed else featurize(ds, encoder, EmbeddingCache(), short=short)
         cv_ref = None
         if study.cv is not None:  # every fold's features, each with its own fitted encoder
             from abexrat.cv import cv_featurize
 
             c = study.cv
-            cv_ref = ray.put(cv_featurize(ds, base, c.folds, c.seed, c.splits, EmbeddingCache()))
+            cv_ref = ray.put(cv_featurize(ds, base, c.folds, c.seed, c.splits, EmbeddingCache(), short=short))
         encode_s = time.perf_counter() - t_enc
         feats_ref = ray.put(feats)  # one copy in the object store, shared by every trial
         t_search = time.perf_counter()
