@@ -6,6 +6,9 @@ per-member loss of shape (S,) added to the clean loss. Perturbation sizes are ab
 here; the trainer passes ``eps * mean ||x_train||`` so that one relative ε means the
 same across encoders. Directions are per sample: r_i = ε g_i / ||g_i||_2.
 
+ε (and rat's p) is one number for all members, or one per member (a tensor (S,), a list): several
+configurations that differ only in ε and p train as one batched model (``fit(variants=...)``).
+
 - ``none``: no extra term.
 - ``fgm``: every batch, the loss at x + ε g/||g|| (g = d loss / d x).
 - ``rat``: Random Adversarial Training: per batch and member, with probability p the fgm term.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -76,10 +80,16 @@ class Batch:
 class Method:
     """Base: ``plan`` decides before the clean forward whether this step attacks."""
 
-    eps: float = 0.0  # absolute perturbation norm
+    eps: float | Tensor = 0.0  # absolute perturbation norm: one for all members, or (S,) one per member
     gens: list[torch.Generator] = field(default_factory=list)  # one per member
     name = ""
     uses_grad = True
+
+    def size(self, like: Tensor) -> Tensor | float:
+        """ε broadcastable against ``like`` (S, ...), in its dtype (a bf16 batch stays bf16)."""
+        if isinstance(self.eps, Tensor):
+            return self.eps.to(like.device, like.dtype).view(-1, *[1] * (like.dim() - 1))
+        return self.eps
 
     def plan(self) -> bool:
         return True
@@ -101,7 +111,8 @@ class NoAdversary(Method):
 @dataclass
 class FGM(Method):
     def perturbation(self, batch: Batch) -> Tensor:
-        return unit(batch.input_grad(), self.eps)
+        g = batch.input_grad()
+        return unit(g, self.size(g))
 
     def extra_loss(self, batch: Batch) -> Tensor:
         return batch.loss_at(self.perturbation(batch))
@@ -112,13 +123,14 @@ class FGM(Method):
 class RAT(FGM):
     """Per step, member s attacks when its coin (Bernoulli(p), own generator) comes up."""
 
-    p: float = 0.5
+    p: float | list[float] = 0.5  # one for all members, or one per member
     coins: Tensor | None = None
 
     def plan(self) -> bool:
-        if self.p <= 0.0:
+        ps = self.p if isinstance(self.p, list) else [self.p] * len(self.gens)
+        if max(ps) <= 0.0:
             return False  # draw nothing: p = 0 is exactly ``none``
-        self.coins = torch.stack([torch.bernoulli(torch.tensor(self.p), generator=g) for g in self.gens])
+        self.coins = torch.stack([torch.bernoulli(torch.tensor(p), generator=g) for p, g in zip(ps, self.gens)])
         return bool(self.coins.any())
 
     def extra_loss(self, batch: Batch) -> Tensor:
@@ -133,7 +145,8 @@ class PGD(Method):
     step_size: float = 0.0  # absolute; 0 means 2.5 ε / steps (Madry et al.)
 
     def perturbation(self, batch: Batch) -> Tensor:
-        alpha = self.step_size or 2.5 * self.eps / self.steps
+        eps = self.size(batch.x)
+        alpha = self.step_size or 2.5 * eps / self.steps
         r = torch.zeros_like(batch.x, dtype=torch.promote_types(batch.x.dtype, torch.float32))
         g = batch.input_grad()  # the first step's gradient is the clean one
         for k in range(self.steps):
@@ -141,7 +154,7 @@ class PGD(Method):
                 r.requires_grad_(True)
                 (g,) = torch.autograd.grad((batch.probe or batch.loss_fn)(batch.x.detach() + r).sum(), r)
                 r = r.detach()
-            r = project(r + unit(g, alpha), self.eps)
+            r = project(r + unit(g, alpha), eps)
         return r
 
     def extra_loss(self, batch: Batch) -> Tensor:
@@ -157,7 +170,7 @@ class Gaussian(Method):
         S, B, D = batch.x.shape
         # drawn on the CPU from each member's generator: the same noise whatever the device
         z = torch.stack([torch.randn(B, D, generator=g) for g in self.gens]).to(batch.x.device)
-        return unit(z, self.eps)
+        return unit(z, self.size(z))
 
     def extra_loss(self, batch: Batch) -> Tensor:
         return batch.loss_at(self.perturbation(batch))
@@ -195,8 +208,10 @@ class DPAAT(FGM):
             self.mean = loss.mean(-1, keepdim=True)
             self.var = loss.var(-1, keepdim=True, unbiased=False) if loss.shape[-1] > 1 else torch.zeros_like(self.mean)
         z = (loss - self.mean) / (self.var.sqrt() + 1e-8)
-        hi = self.eps_max or 2.0 * self.eps
-        eps = (self.eps * 2.0 * torch.sigmoid(-self.beta * z)).clamp(self.eps_min, hi)
+        base = self.size(loss)
+        hi = self.eps_max or 2.0 * base
+        eps = base * 2.0 * torch.sigmoid(-self.beta * z)
+        eps = eps.clamp(self.eps_min, hi) if not isinstance(hi, Tensor) else eps.clamp_min(self.eps_min).minimum(hi)
         m = self.momentum
         self.mean = m * self.mean + (1 - m) * loss.mean(-1, keepdim=True)
         self.var = (
@@ -209,7 +224,7 @@ class DPAAT(FGM):
         return unit(batch.input_grad(), self.sample_eps(batch.clean).unsqueeze(-1))
 
 
-def make_method(name: str, eps: float, gens: list[torch.Generator], **params: float) -> Method:
+def make_method(name: str, eps: float | Tensor, gens: list[torch.Generator], **params: Any) -> Method:
     """A method by registry name with absolute ``eps`` and its own parameters (p, steps, ...)."""
     cls = METHODS[name]
     fields = set(cls.__dataclass_fields__)

@@ -234,6 +234,27 @@ def train_and_score(
     return result, scores
 
 
+def train_and_score_variants(
+    feats: Features,
+    cfg: TrainConfig,
+    seeds: list[int],
+    variants: list[tuple[float, float]],
+    on_epoch: Callable[[int, dict[str, list[float]]], None] | None = None,
+) -> tuple[TrainResult, list[dict[str, Any]]]:
+    """Train ``cfg`` under each (eps, p) variant as one batched model and score each on val (a
+    search trial's work for several configurations at once). Returns the result (its records hold
+    G S values, variant by variant) and one ``{"val": score, "train_size": n}`` per variant."""
+    X, y = feats.training_set_for(cfg)
+    val = (feats.X_val, feats.y_val)
+    result = fit(X, y, len(feats.classes), cfg, seeds, val=val, on_epoch=on_epoch, variants=variants)
+    pred = predict_proba(result.model, feats.X_val).argmax(-1)  # (G S, n)
+    S = len(seeds)
+    return result, [
+        {"val": score(feats.y_val, pred[j * S : (j + 1) * S], feats.classes), "train_size": int(len(y))}
+        for j in range(len(variants))
+    ]
+
+
 def save_run(
     out: Path, cfg: TrainConfig, enc: Encoder, classes: list[str], result: TrainResult, metrics: dict[str, Any]
 ) -> None:

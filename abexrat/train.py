@@ -177,16 +177,23 @@ def fit(
     val: tuple[np.ndarray, np.ndarray] | None = None,
     on_epoch: EpochCallback | None = None,
     method_hook: Callable[[Any], None] | None = None,
+    variants: list[tuple[float, float]] | None = None,
 ) -> TrainResult:
     """Train one model per seed on X (n, d) float32 and y (n,) int64, all seeds batched.
 
     A seed's model is ``cfg.model.ensemble`` MLPs (see :func:`member_seeds`); the batched model
     stacks all S x ensemble of them. ``val`` = (X_val, y_val) adds ``val_macro_f1`` per seed to
     each epoch's record; ``on_epoch(epoch, record)`` sees each record (lists hold one value per seed).
+
+    ``variants`` = [(eps, p), ...] (G of them, ε relative as ``adversarial.eps``) trains G
+    configurations at once, ``cfg`` with each variant's ``adversarial.eps`` and ``adversarial.p``:
+    the model then holds G x S seed models, variant by variant (``predict_proba`` gives (G S, n, C),
+    records hold G S values), and variant j's seed s draws the same numbers as it would alone.
     """
     t0 = time.perf_counter()
     k = cfg.model.ensemble
-    members = member_seeds(seeds, k)
+    G = len(variants) if variants else 1
+    members = member_seeds(seeds, k) * G
     S, (n, d) = len(members), X.shape
     device = resolve_device(cfg.train.device)
     Xt, yt = torch.from_numpy(np.ascontiguousarray(X, np.float32)), torch.from_numpy(y.astype(np.int64)).to(device)
@@ -198,11 +205,17 @@ def fit(
     adv_gens = [torch.Generator().manual_seed(stream_seed(s, 3)) for s in members]
     scale = mean_norm(X)
     a = cfg.adversarial
+    eps: float | torch.Tensor = a.eps * scale
+    p: float | list[float] = a.p
+    if variants:  # one ε and p per member, variant by variant
+        per = len(members) // G
+        eps = torch.tensor([e * scale for e, _ in variants for _ in range(per)], dtype=torch.float32)
+        p = [q for _, q in variants for _ in range(per)]
     method = make_method(
         a.method,
-        a.eps * scale,
+        eps,
         adv_gens,
-        p=a.p,
+        p=p,
         steps=a.steps,
         step_size=a.step_size * scale,
         eps_min=a.eps_min * scale,

@@ -181,6 +181,15 @@ BAD_STUDIES = {
         "space.adversarial.p: adversarial.p: Input should be less than or equal to 1 (got 1.5)",
     ),
     "bad name": ("space: {adversarial.p: {type: float, low: 0, high: 1}}\nname: ../../etc", "name: Value error"),
+    "grouped without eps or p": (
+        "space: {data.aug_ratio: {type: float, low: 0, high: 1}}\nbudget: {configs_per_trial: 4}",
+        "budget.configs_per_trial: the configurations of one trial differ only in adversarial.eps and adversarial.p",
+    ),
+    "grouped with early stopping": (
+        "space: {adversarial.p: {type: float, low: 0, high: 1}}\nbudget: {configs_per_trial: 4}\n"
+        "early_stopping: {enabled: true}",
+        "budget.configs_per_trial: early stopping stops a trial with all its configurations",
+    ),
     "bad final override": (
         "space: {adversarial.p: {type: float, low: 0, high: 1}}\nfinal: {overrides: {model.ensemble: 0}}",
         "final.overrides: model.ensemble: Input should be greater than or equal to 1",
@@ -425,3 +434,67 @@ def test_short_copies_are_embedded_only_for_studies_whose_trials_may_train_on_th
     for name, (body, want) in bodies.items():
         study = load_study(study_file(tmp_path, tiny_dir, name.replace(" ", "-"), body))
         assert _trains_short_copies(study) is want, name
+
+
+def test_several_configurations_per_trial_train_together_and_report_one_row_each(
+    local_ray,  # noqa: ANN001
+    tmp_path: Path,
+    tiny_dir: Path,
+    cli,  # noqa: ANN001
+) -> None:
+    from abexrat.study.config import load_study
+    from abexrat.study.runner import run_study
+
+    path = study_file(
+        tmp_path,
+        tiny_dir,
+        "tiny-grouped",
+        """
+space:
+  adversarial.eps: {type: float, low: 0.01, high: 1.0, log: true}
+  adversarial.p: {type: float, low: 0.0, high: 1.0}
+  data.aug_ratio: {type: float, low: 0.0, high: 1.0}
+budget: {num_samples: 5, configs_per_trial: 2}
+seeds_per_trial: 2
+final: {seeds: 2}
+""",
+    )
+    out = tmp_path / "out"
+    s = run_study(load_study(path), out)
+    table = pd.read_parquet(out / "trials.parquet")
+    searched = table[table["stage"] == "search"]
+    # five configurations in three Tune trials (2 + 2 + 1), one row each
+    assert s["trials"] == 5 and s["trials_failed"] == 0 and len(searched) == 5
+    tune_ids = searched["trial_id"].str.rsplit("-c", n=1).str[0]
+    assert sorted(tune_ids.value_counts().tolist()) == [1, 2, 2]
+    assert set(searched["status"]) == {"TERMINATED"} and set(searched["epoch"]) == {4}
+    assert searched["val_macro_f1"].between(0, 1).all()
+    # a trial's configurations share every searched key but ε and p, which TPE sampled apart
+    for _, rows in searched.groupby(tune_ids):
+        assert rows["param:data.aug_ratio"].nunique() == 1
+        assert rows["param:adversarial.eps"].nunique() == len(rows)
+        assert rows["train_size"].nunique() == 1
+    assert searched["param:data.aug_ratio"].nunique() == 3
+    # the best is one configuration, as the final round retrains it
+    best_row = searched.loc[searched["val_macro_f1"].idxmax()]
+    assert s["best_val_macro_f1"] == pytest.approx(best_row["val_macro_f1"])
+    assert s["best_config"]["eps"] == pytest.approx(best_row["param:adversarial.eps"])
+    assert s["best_config"]["p"] == pytest.approx(best_row["param:adversarial.p"])
+    # W&B: one offline run per configuration, with that configuration's own per-epoch scores
+    runs = [r for r in read_runs(out / "wandb") if r.job_type == "search"]
+    assert sorted(r.config["trial_id"] for r in runs) == sorted(searched["trial_id"])
+    rows = searched.set_index("trial_id")
+    for r in runs:
+        row = rows.loc[r.config["trial_id"]]
+        assert r.config["adversarial.eps"] == pytest.approx(row["param:adversarial.eps"])
+        assert r.config["train_config"]["adversarial"]["p"] == pytest.approx(row["param:adversarial.p"])
+        assert [h["epoch"] for h in r.history] == [1, 2, 3, 4]
+        assert r.history[-1]["val_macro_f1"] == pytest.approx(row["val_macro_f1"])
+        assert r.summary["val_macro_f1"] == pytest.approx(row["val_macro_f1"])
+    # the report reads the study as any other: one point per configuration
+    r = cli("report", out, "--out", tmp_path / "report")
+    assert r.code == 0, r.stderr
+    assert "5 completed of 5 search trials." in (tmp_path / "report" / "report.md").read_text()
+    # times are each configuration's share of its trial: the two of a pair split it evenly
+    for _, rows in searched.groupby(tune_ids):
+        assert rows["trial_s"].nunique() == 1 and (rows["trial_s"] > 0).all()

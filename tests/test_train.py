@@ -226,3 +226,29 @@ def test_fused_adamw_updates_exactly_like_torch_optims() -> None:
     assert [float(s) for s in opt.steps] == [6.0, 5.0, 6.0, 6.0]
     opt.zero_grad()
     assert all(p.grad is None for p in ours)
+
+
+@pytest.mark.parametrize("method", ["rat", "fgm", "pgd", "gaussian", "dpaat"])
+def test_variants_train_several_eps_p_configurations_at_once_each_as_alone(method: str) -> None:
+    X, y = _data()
+    variants = [(0.05, 0.0), (0.3, 1.0), (0.6, 0.5)]
+    cfg = CFG.model_copy(deep=True)
+    cfg.adversarial.method = method
+    cfg.model.ensemble = 2
+    cfg.train.precision = "fp32"  # bf16 would round a per-member ε tensor where it rounds a scalar ε after dividing
+    group = fit(X, y, 4, cfg, seeds=[2, 5], variants=variants)
+    assert (group.model.n_seeds, group.model.n_members) == (6, 12) and len(group.history[-1]["train_loss"]) == 6
+    proba = predict_proba(group.model, X)  # (G S, n, C), variant by variant
+    for j, (eps, p) in enumerate(variants):
+        one = cfg.model_copy(deep=True)
+        one.adversarial.eps, one.adversarial.p = eps, p
+        alone = fit(X, y, 4, one, seeds=[2, 5])
+        for m in range(4):  # variant j's members are 4 j .. 4 j + 3
+            for key, w in alone.model.member_state(m).items():
+                assert torch.allclose(w, group.model.member_state(4 * j + m)[key], atol=1e-5), (j, m, key)
+        assert np.abs(predict_proba(alone.model, X) - proba[2 * j : 2 * j + 2]).max() < 1e-4
+        assert np.allclose(alone.history[-1]["train_loss"], group.history[-1]["train_loss"][2 * j : 2 * j + 2])
+    # the variants did train differently: ε and p reached the members
+    assert not torch.allclose(
+        group.model.member_state(0)["layers.0.weight"], group.model.member_state(4)["layers.0.weight"]
+    )

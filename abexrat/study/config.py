@@ -56,10 +56,20 @@ class Objective(Strict):
     mode: Literal["max", "min"] = "max"
 
 
+# The searched keys several configurations of one trial may differ in (``budget.configs_per_trial``):
+# the trainer gives each member its own ε and p. Every other key fixes the data, the model or the
+# schedule, which the configurations of a batch share.
+BATCHED = ("adversarial.eps", "adversarial.p")
+
+
 class Budget(Strict):
-    num_samples: int = Field(20, ge=1, le=100_000)
+    num_samples: int = Field(20, ge=1, le=100_000)  # configurations tried (Optuna trials)
     time_budget_s: float | None = Field(None, gt=0)
     max_concurrent: int | None = Field(None, ge=1, le=10_000)
+    # > 1: each Ray Tune trial trains this many configurations that differ only in adversarial.eps
+    # and adversarial.p as one batched model (abexrat.study.grouped): for GPUs, where one small MLP
+    # leaves the device mostly idle.
+    configs_per_trial: int = Field(1, ge=1, le=256)
 
 
 class EarlyStopping(Strict):
@@ -213,7 +223,24 @@ class Study(Strict):
                 raise ValueError(f"baseline name {short_repr(name)}: use letters, digits, '_', '.', '-' (not 'best')")
         if self.cv is not None and self.early_stopping.enabled:
             raise ValueError("cv: early stopping compares epochs of one split; turn one of them off")
+        if self.budget.configs_per_trial > 1:
+            self._check_grouped()
         return self
+
+    def _check_grouped(self) -> None:
+        """What several configurations per trial need: a search over ε or p, on the fixed split,
+        and trials that run to their end (they stop together)."""
+        where = "budget.configs_per_trial"
+        if self.kind != "search":
+            raise ValueError(f"{where}: only a search study asks for configurations; an ablation runs its grid")
+        if not any(k in self.space for k in BATCHED):
+            raise ValueError(
+                f"{where}: the configurations of one trial differ only in {' and '.join(BATCHED)}; put one in the space"
+            )
+        if self.cv is not None:
+            raise ValueError(f"{where}: cross-validated trials train fold after fold; set it to 1 with cv")
+        if self.early_stopping.enabled:
+            raise ValueError(f"{where}: early stopping stops a trial with all its configurations; turn one of them off")
 
     # ------------------------------------------------------------ derived configs
 

@@ -23,6 +23,7 @@ from typing import Any
 from abexrat.errors import Interrupted, UserError
 from abexrat.io import atomic_path, write_json
 from abexrat.study.config import Study
+from abexrat.study.grouped import GROUP, SHARED_KEYS, GroupedSearch, configurations, per_configuration, sub_id
 from abexrat.study.tracking import WandbTrials, log_summary, wandb_mode
 from abexrat.study.trial import LIMIT_STATUS
 
@@ -147,12 +148,14 @@ class ConsoleProgress:
         return self._bar
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.done += 1
-        value = (trial.last_result or {}).get(self.metric)
+        last = trial.last_result or {}
+        group = configurations(trial.config)
+        self.done += len(group)
+        value = last.get(self.metric)
         ok = isinstance(value, int | float) and math.isfinite(value)  # a trial stopped by a limit reports NaN
         if ok and (self.best is None or value > self.best):
             self.best = float(value)
-            self.best_params = {k: v for k, v in trial.config.items()}
+            self.best_params = dict(group[last.get("config_best", 0)])
         self._refresh(trials)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -273,6 +276,12 @@ def _run_config(study: Study, stage: str, out: Path, callbacks: list[Any]) -> An
     )
 
 
+def _quiet_configs(record: logging.LogRecord) -> bool:
+    """A grouped trial's ``configs`` (one dict of scores per configuration) is not a TensorBoard
+    value; its scores reach trials.parquet and W&B per configuration: no warning per epoch."""
+    return "ray/tune/configs=" not in record.getMessage()
+
+
 def _quiet_nan(record: logging.LogRecord) -> bool:
     """A trial stopped by a limit reports NaN on purpose (Optuna records it as failed): no warning."""
     return "nan is not acceptable" not in record.getMessage()
@@ -290,6 +299,9 @@ def run_search(study: Study, feats: Any, out: Path, resume: bool, mode: str, cv:
     searcher_log = logging.getLogger("ray.tune.search.optuna.optuna_search")
     if _quiet_nan not in searcher_log.filters:
         searcher_log.addFilter(_quiet_nan)
+    tbx_log = logging.getLogger("ray.tune.logger.tensorboardx")
+    if _quiet_configs not in tbx_log.filters:
+        tbx_log.addFilter(_quiet_configs)
     # A trial run again after its node died reports its epochs again under the same Optuna trial,
     # which keeps the first value of each step and warns once per epoch: expected, so not shown.
     warnings.filterwarnings("ignore", message="The reported value is ignored because this `step=", category=UserWarning)
@@ -316,6 +328,10 @@ def run_search(study: Study, feats: Any, out: Path, resume: bool, mode: str, cv:
             sampler=sampler,
         )
         num_samples = total = study.budget.num_samples
+        per_trial = study.budget.configs_per_trial
+        if per_trial > 1:  # Tune trials of several configurations each (the last one may hold fewer)
+            search_alg = GroupedSearch(search_alg, per_trial, total)
+            num_samples = -(-total // per_trial)
     scheduler = None
     if study.early_stopping.enabled and study.kind == "search":
         epochs = study.train_config().train.epochs
@@ -455,7 +471,7 @@ def _trial_table(results: Any, stage: str, budget_spent: bool = False, early_sto
     import pandas as pd
 
     trials = results._experiment_analysis.trials  # noqa: SLF001
-    df = results.get_dataframe()
+    df = _one_row_per_configuration(results.get_dataframe())
     if df.empty and not trials:
         return df
     keep = [
@@ -477,6 +493,7 @@ def _trial_table(results: Any, stage: str, budget_spent: bool = False, early_sto
             "selection",
             "train_s",
             "trial_s",
+            "train_size",
             "epoch",
             "training_iteration",
             "time_total_s",
@@ -486,9 +503,13 @@ def _trial_table(results: Any, stage: str, budget_spent: bool = False, early_sto
     # A trial that never reported (it failed before its first epoch) has no row yet: every trial gets one.
     reported = set(df["trial_id"]) if "trial_id" in df else set()
     missing = [
-        {"trial_id": t.trial_id, **{f"param:{k}": v for k, v in t.config.items()}}
+        {
+            "trial_id": sub_id(t.trial_id, j) if GROUP in t.config else t.trial_id,
+            **{f"param:{k}": v for k, v in c.items()},
+        }
         for t in trials
-        if t.trial_id not in reported
+        for j, c in enumerate(configurations(t.config))
+        if (sub_id(t.trial_id, j) if GROUP in t.config else t.trial_id) not in reported
     ]
     if missing:
         df = pd.concat([df, pd.DataFrame(missing)], ignore_index=True)
@@ -506,8 +527,32 @@ def _trial_table(results: Any, stage: str, budget_spent: bool = False, early_sto
         # Stopped by the study's time budget mid-training, or before it started.
         return BUDGET_STATUS if budget_spent and trial_id in unended else "TERMINATED"
 
-    df["status"] = [row_status(t) for t in df["trial_id"]]
+    df["status"] = [row_status(str(t).split("-c")[0]) for t in df["trial_id"]]
     return pd.DataFrame(df)
+
+
+def _one_row_per_configuration(df: Any) -> Any:
+    """Tune's results table with each grouped trial (``budget.configs_per_trial``) split into one
+    row per configuration: trial id ``<tune id>-c<j>``, its own ``config/<key>`` and scores."""
+    import pandas as pd
+
+    if df.empty or f"config/{GROUP}" not in df:
+        return df
+    rows = []
+    for rec in df.to_dict("records"):
+        group = rec.pop(f"config/{GROUP}")
+        if not isinstance(group, list):
+            rows.append(rec)
+            continue
+        parts = per_configuration({"configs": rec.pop("configs", None), **rec}, len(group))
+        for j, (params, part) in enumerate(zip(group, parts)):
+            row = {k: v for k, v in rec.items() if k in SHARED_KEYS or k in ("trial_id", "date", "timestamp")}
+            row.update(part, trial_id=sub_id(rec["trial_id"], j), **{f"config/{k}": v for k, v in params.items()})
+            for key in ("train_s", "trial_s", "time_total_s"):  # each configuration's share of the trial
+                if isinstance(row.get(key), int | float):
+                    row[key] = row[key] / len(group)
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _best(results: Any, metric: str, mode: str, early_stopping: bool = False) -> Any:
@@ -627,7 +672,8 @@ def run_study(
         _close(cbs)
         early = study.early_stopping.enabled
         search_df = _trial_table(results, "ablation" if study.kind == "ablation" else "search", budget_spent, early)
-        wanted = study.budget.num_samples if study.kind == "search" else len(study.arms())
+        per_trial = study.budget.configs_per_trial
+        wanted = -(-study.budget.num_samples // per_trial) if study.kind == "search" else len(study.arms())
         if not budget_spent:
             _check_interrupted(results, wanted if budget is None else 0, out, early)
         best_r = _best(results, study.objective.metric, study.objective.mode, early)
@@ -635,7 +681,7 @@ def run_study(
             stopped = int(search_df["status"].isin(list(LIMIT_STATUS.values())).sum()) if len(search_df) else 0
             why = f" ({stopped} stopped by limits)" if stopped else ""
             raise UserError(f"{out / SEARCH}: no trial finished{why}; see the trial errors there")
-        best_over = {k: v for k, v in best_r.config.items()}
+        best_over = dict(configurations(best_r.config)[best_r.metrics.get("config_best", 0)])
         from abexrat.study.space import decode_params
         from abexrat.study.trial import trial_overrides
 
@@ -754,7 +800,7 @@ def _check_interrupted(results: Any, wanted: int, out: Path, early_stopping: boo
         or (t.status == "TERMINATED" and not _ended(t.last_result, early_stopping))
     ]
     if len(trials) < wanted or unfinished:
-        done = sum(t.status == "TERMINATED" for t in trials)
+        done = sum(len(configurations(t.config)) for t in trials if t.status == "TERMINATED" and t not in unfinished)
         raise Interrupted(
             f"interrupted after {done} finished trial(s); the state is saved in {out}. "
             f"Continue with: abexrat study run STUDY.yaml --out {out} --resume"

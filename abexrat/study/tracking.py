@@ -20,6 +20,7 @@ from typing import Any
 from ray.tune import Callback
 
 from abexrat.study.config import Study, Tracking
+from abexrat.study.grouped import GROUP, configurations, per_configuration, sub_id
 
 _SKIP = {
     "config",
@@ -101,11 +102,20 @@ class WandbTrials(Callback):
         self._setup()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict[str, Any], **info: Any) -> None:
-        self._history.setdefault(trial.trial_id, []).append(_scalars(result))
+        self._history.setdefault(trial.trial_id, []).append(result if GROUP in trial.config else _scalars(result))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         history = self._history.pop(trial.trial_id, [])
-        self._submit(trial.trial_id, dict(trial.config), history, dict(trial.last_result or {}))
+        last = dict(trial.last_result or {})
+        if GROUP not in trial.config:
+            self._submit(trial.trial_id, dict(trial.config), history, last)
+            return
+        # several configurations in one trial (budget.configs_per_trial): one run each
+        group = configurations(trial.config)
+        steps = [per_configuration(rec, len(group)) for rec in history]
+        for j, (params, final) in enumerate(zip(group, per_configuration(last, len(group)))):
+            own = [_scalars(parts[j]) for parts in steps if j < len(parts)]
+            self._submit(sub_id(trial.trial_id, j), dict(params), own, final)
 
     def _submit(
         self, trial_id: str, config: dict[str, Any], history: list[dict[str, Any]], final: dict[str, Any]

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from abexrat.experiment import Features
+from abexrat.study.grouped import configurations
 from abexrat.study.space import decode_params
 
 SUMMARY_KEYS = ("macro_f1", "weighted_f1", "accuracy")
@@ -191,7 +192,8 @@ def run_trial(
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     st = Study.model_validate(study)
-    cfg = st.train_config(trial_overrides(params, arms))
+    group = configurations(params)  # several with budget.configs_per_trial, else the trial's own
+    cfg = st.train_config(trial_overrides(group[0], arms))
     if cfg.train.device == "auto":
         # a trial trains where its resources say: on its GPU share, else on its CPUs (Ray does not
         # always hide a node's GPUs from trials that asked for none)
@@ -215,6 +217,15 @@ def run_trial(
             with guard.quiet():
                 tune.report(report)
 
+    if len(group) > 1:
+        progress = [0]  # epochs done
+        try:
+            with guard:
+                _run_group(st, group, arms, feats, seeds, guard, t0, progress, cfg.train.device)
+        except TrialLimitExceeded:
+            _report_limit(st, guard, progress[0], t0)
+        return
+
     try:
         with guard:
             if cv is not None and not with_test:  # a search trial scored on CV alone
@@ -227,17 +238,7 @@ def run_trial(
             if cv is not None:
                 scores["cv"] = cv_train_and_score(cv, cfg, seeds, on_epoch=lambda e, r: guard.check())[1]
     except TrialLimitExceeded:
-        kind, detail = guard.reason or ("time", "limit")
-        tune.report(
-            {
-                "epoch": done,
-                st.objective.metric: math.nan,  # Tune needs the metric in every result; NaN is never best
-                "limit": kind,
-                "limit_detail": detail,
-                "trial_s": time.perf_counter() - t0,
-                "peak_memory_gb": guard.peak_bytes / 2**30,
-            }
-        )
+        _report_limit(st, guard, done, t0)
         return
     last = result.history[-1]
     final: dict[str, Any] = {
@@ -256,6 +257,80 @@ def run_trial(
         final["test_pred"] = scores["test_pred"]
     final["trial_s"] = time.perf_counter() - t0
     tune.report(final)
+
+
+def _report_limit(st: Any, guard: TrialGuard, done: int, t0: float) -> None:
+    from ray import tune
+
+    kind, detail = guard.reason or ("time", "limit")
+    tune.report(
+        {
+            "epoch": done,
+            st.objective.metric: math.nan,  # Tune needs the metric in every result; NaN is never best
+            "limit": kind,
+            "limit_detail": detail,
+            "trial_s": time.perf_counter() - t0,
+            "peak_memory_gb": guard.peak_bytes / 2**30,
+        }
+    )
+
+
+def _run_group(
+    st: Any,
+    group: list[dict[str, Any]],
+    arms: dict[str, dict[str, Any]],
+    feats: Features,
+    seeds: list[int],
+    guard: TrialGuard,
+    t0: float,
+    progress: list[int],
+    device: str,
+) -> None:
+    """Several configurations that differ only in ε and p (``budget.configs_per_trial``), trained
+    as one batched model; each report holds every configuration's scores under ``configs`` and the
+    best one's at the top level (see :mod:`abexrat.study.grouped`)."""
+    from ray import tune
+
+    from abexrat.experiment import train_and_score_variants
+
+    cfgs = [st.train_config(trial_overrides(p, arms)) for p in group]
+    for c in cfgs:
+        c.train.device = device
+    shared = _without_batched(cfgs[0])
+    for j, c in enumerate(cfgs[1:], 1):
+        if _without_batched(c) != shared:
+            raise ValueError(f"configuration {j} of this trial differs from the first in more than ε and p")
+    variants = [(c.adversarial.eps, c.adversarial.p) for c in cfgs]
+    cfg, G, S, epochs = cfgs[0], len(cfgs), len(seeds), cfgs[0].train.epochs
+    pick = max if st.objective.mode == "max" else min
+
+    def per_variant(values: list[float]) -> list[float]:
+        return [float(np.mean(values[j * S : (j + 1) * S])) for j in range(G)]
+
+    def on_epoch(epoch: int, rec: dict[str, list[float]]) -> None:
+        progress[0] = epoch
+        guard.check()
+        if epoch < epochs:
+            f1, loss = per_variant(rec["val_macro_f1"]), per_variant(rec["train_loss"])
+            parts = [{"val_macro_f1": f, "train_loss": lo} for f, lo in zip(f1, loss)]
+            report = {"epoch": epoch, "val_macro_f1": pick(f1), "train_loss": float(np.mean(loss)), "configs": parts}
+            with guard.quiet():
+                tune.report(report)
+
+    result, scores = train_and_score_variants(feats, cfg, seeds, variants, on_epoch=on_epoch)
+    losses = per_variant(result.history[-1]["train_loss"])
+    parts = [{"train_loss": lo, **_split_keys(s["val"], "val")} for lo, s in zip(losses, scores)]
+    best = pick(range(G), key=lambda j: parts[j][st.objective.metric])
+    final = {"epoch": epochs, "train_s": result.train_s, "seeds": seeds, "train_size": scores[0]["train_size"]}
+    final.update(parts[best], configs=parts, config_best=best, trial_s=time.perf_counter() - t0)
+    tune.report(final)
+
+
+def _without_batched(cfg: Any) -> dict[str, Any]:
+    d = cfg.model_dump(mode="json")
+    d["adversarial"].pop("eps")
+    d["adversarial"].pop("p")
+    return d
 
 
 def _split_keys(scores: dict[str, Any], split: str) -> dict[str, Any]:
