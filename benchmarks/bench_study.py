@@ -58,6 +58,7 @@ def make_study(
     final_seeds: int = 2,
     time_budget_s: float | None = None,
     gpu_share: float = 0.0,
+    configs_per_trial: int = 1,
 ) -> Any:
     """A study file like quickstart.yaml (same base, space, objective, resources, tracking on) with a
     smaller budget; written to ``folder`` and read back with ``load_study`` as the CLI would."""
@@ -75,7 +76,11 @@ def make_study(
         "trainer": {**quick.get("trainer", {}), "train": {"epochs": epochs}},
         "space": quick["space"],
         "objective": quick.get("objective", {}),
-        "budget": {"num_samples": trials, **({"time_budget_s": time_budget_s} if time_budget_s else {})},
+        "budget": {
+            "num_samples": trials,
+            "configs_per_trial": configs_per_trial,
+            **({"time_budget_s": time_budget_s} if time_budget_s else {}),
+        },
         "seeds_per_trial": seeds,
         "resources": {**quick.get("resources", {"cpu": 1}), "gpu": gpu_share},
         "final": {"seeds": final_seeds},
@@ -139,7 +144,12 @@ def busy_profile(clock: Any, t0: float, t1: float, slots: int, df: Any) -> dict[
     for ev, tid, t in clock.events:
         if ev == "result" and tid not in firsts:
             firsts[tid] = t
-    rows = {str(r["trial_id"]): r for _, r in df.iterrows()}
+    rows: dict[str, dict[str, float]] = {}
+    for _, r in df.iterrows():  # a grouped trial's rows (``<id>-c<j>``) hold shares of its times
+        tid = str(r["trial_id"]).rsplit("-c", 1)[0]
+        row = rows.setdefault(tid, {"trial_s": 0.0, "train_s": 0.0})
+        row["trial_s"] += float(r["trial_s"])
+        row["train_s"] += float(r["train_s"])
     occupied = sum(ends[t] - starts[t] for t in starts if t in ends)
     in_fn = sum(float(rows[t]["trial_s"]) for t in starts if t in rows and t in ends)
     train = sum(float(rows[t]["train_s"]) for t in starts if t in rows and t in ends)
@@ -279,7 +289,7 @@ def _naive(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trials", type=int, default=10, help="search trials (num_samples) of the naive set-up")
+    p.add_argument("--trials", type=int, default=10, help="search trials (configurations, num_samples)")
     p.add_argument(
         "--budget",
         choices=["time", "trials"],
@@ -295,6 +305,12 @@ def main() -> None:
         default=0.0,
         help="abexrat's trials each get this share of a GPU and train on it (0.0625: 16 trials per GPU)",
     )
+    p.add_argument(
+        "--configs-per-trial",
+        type=int,
+        default=1,
+        help="abexrat's trials each train this many configurations (differing in ε and p) as one batch",
+    )
     p.add_argument("--keep", type=Path, default=None, help="keep the study folders here")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -309,6 +325,7 @@ def main() -> None:
             "seeds_per_trial": args.seeds,
             "budget": args.budget,
             "gpu_share": args.gpu_share,
+            "configs_per_trial": args.configs_per_trial,
         },
         "machine": machine(),
     }
@@ -326,7 +343,14 @@ def main() -> None:
             budget_s = res["naive"]["search_wall_s"] if by_time else None
             trials = args.trials * 20 if by_time else args.trials
             study = make_study(
-                "bench-abexrat", trials, args.epochs, args.seeds, root, time_budget_s=budget_s, gpu_share=args.gpu_share
+                "bench-abexrat",
+                trials,
+                args.epochs,
+                args.seeds,
+                root,
+                time_budget_s=budget_s,
+                gpu_share=args.gpu_share,
+                configs_per_trial=args.configs_per_trial,
             )
             res["abexrat"] = run_ours(study, root / "abexrat")
             # The naive set-up may run next in this process: give it Tune's stock trial actors back.
