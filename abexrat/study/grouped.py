@@ -17,7 +17,6 @@ index), so Tune's own bookkeeping picks the best configuration.
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
 from ray.tune.search import Searcher
@@ -105,10 +104,18 @@ class GroupedSearch(Searcher):
             if sub_id(trial_id, j) in self.inner._ot_trials:  # noqa: SLF001
                 self.inner.on_trial_complete(sub_id(trial_id, j), part, error)
 
+    # Tune keeps one searcher-state file. Ray's OptunaSearch writes it (the Optuna study and its own
+    # attributes); the grouping's counters ride along as one more of its attributes, so this
+    # package loads no pickle of its own.
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__.copy(), f)
+        self.inner._abexrat_grouped = {"size": self.size, "total": self.total, "asked": self.asked}  # noqa: SLF001
+        self.inner.save(checkpoint_path)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+        self.inner.restore(checkpoint_path)
+        state = getattr(self.inner, "_abexrat_grouped", None) or {}
+        self.size, self.total, self.asked = (
+            state.get("size", self.size),
+            state.get("total", self.total),
+            state.get("asked", 0),
+        )
