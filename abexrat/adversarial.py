@@ -210,8 +210,7 @@ class DPAAT(FGM):
         z = (loss - self.mean) / (self.var.sqrt() + 1e-8)
         base = self.size(loss)
         hi = self.eps_max or 2.0 * base
-        eps = base * 2.0 * torch.sigmoid(-self.beta * z)
-        eps = eps.clamp(self.eps_min, hi) if not isinstance(hi, Tensor) else eps.clamp_min(self.eps_min).minimum(hi)
+        eps = (base * 2.0 * torch.sigmoid(-self.beta * z)).clamp_min(self.eps_min).clamp_max(hi)
         m = self.momentum
         self.mean = m * self.mean + (1 - m) * loss.mean(-1, keepdim=True)
         self.var = (

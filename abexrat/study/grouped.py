@@ -24,10 +24,29 @@ from ray.tune.search import Searcher
 from abexrat.study.config import BATCHED
 
 GROUP = "group"  # a grouped trial's Tune config: {"group": [params of configuration 0, 1, ...]}
+# Result keys that belong to the trial, not to one configuration: each configuration's part gets them.
+SHARED_KEYS = (
+    "epoch",
+    "training_iteration",
+    "train_s",
+    "trial_s",
+    "seeds",
+    "train_size",
+    "selection",
+    "time_total_s",
+    "limit",
+    "limit_detail",
+    "peak_memory_gb",
+)
 
 
 def sub_id(trial_id: str, j: int) -> str:
     return f"{trial_id}-c{j}"
+
+
+def configuration_ids(trial_id: str, config: dict[str, Any]) -> list[str]:
+    """The row ids of a Tune trial's configurations: ``<tune id>-c<j>`` for a group, else its own id."""
+    return [sub_id(trial_id, j) for j in range(len(config[GROUP]))] if GROUP in config else [trial_id]
 
 
 def configurations(config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -44,21 +63,6 @@ def per_configuration(result: dict[str, Any] | None, n: int) -> list[dict[str, A
         return [result] * n
     shared = {k: v for k, v in result.items() if k in SHARED_KEYS}
     return [{**shared, **part} for part in parts]
-
-
-SHARED_KEYS = (
-    "epoch",
-    "training_iteration",
-    "train_s",
-    "trial_s",
-    "seeds",
-    "train_size",
-    "selection",
-    "time_total_s",
-    "limit",
-    "limit_detail",
-    "peak_memory_gb",
-)
 
 
 class GroupedSearch(Searcher):

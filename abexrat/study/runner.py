@@ -23,7 +23,15 @@ from typing import Any
 from abexrat.errors import Interrupted, UserError
 from abexrat.io import atomic_path, write_json
 from abexrat.study.config import Study
-from abexrat.study.grouped import GROUP, SHARED_KEYS, GroupedSearch, configurations, per_configuration, sub_id
+from abexrat.study.grouped import (
+    GROUP,
+    SHARED_KEYS,
+    GroupedSearch,
+    configuration_ids,
+    configurations,
+    per_configuration,
+    sub_id,
+)
 from abexrat.study.tracking import WandbTrials, log_summary, wandb_mode
 from abexrat.study.trial import LIMIT_STATUS
 
@@ -503,13 +511,10 @@ def _trial_table(results: Any, stage: str, budget_spent: bool = False, early_sto
     # A trial that never reported (it failed before its first epoch) has no row yet: every trial gets one.
     reported = set(df["trial_id"]) if "trial_id" in df else set()
     missing = [
-        {
-            "trial_id": sub_id(t.trial_id, j) if GROUP in t.config else t.trial_id,
-            **{f"param:{k}": v for k, v in c.items()},
-        }
+        {"trial_id": row_id, **{f"param:{k}": v for k, v in c.items()}}
         for t in trials
-        for j, c in enumerate(configurations(t.config))
-        if (sub_id(t.trial_id, j) if GROUP in t.config else t.trial_id) not in reported
+        for row_id, c in zip(configuration_ids(t.trial_id, t.config), configurations(t.config))
+        if row_id not in reported
     ]
     if missing:
         df = pd.concat([df, pd.DataFrame(missing)], ignore_index=True)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from abexrat.experiment import Features
+from abexrat.study.config import BATCHED
 from abexrat.study.grouped import configurations
 from abexrat.study.space import decode_params
 
@@ -327,9 +328,11 @@ def _run_group(
 
 
 def _without_batched(cfg: Any) -> dict[str, Any]:
+    """A train config without the keys the configurations of one batch may differ in."""
     d = cfg.model_dump(mode="json")
-    d["adversarial"].pop("eps")
-    d["adversarial"].pop("p")
+    for key in BATCHED:
+        section, name = key.split(".")
+        d[section].pop(name)
     return d
 
 
