@@ -389,6 +389,8 @@ def test_every_shipped_study_file_validates() -> None:
             kinds[path.stem] = study.kind
     assert kinds["quickstart"] == "search" and kinds["paper_ablation"] == "ablation"
     assert load_study(REPO / "studies" / "rat_search_cv.yaml").cv.splits == ["train", "val"]
+    gpu = load_study(REPO / "studies" / "rat_search_gpu.yaml")
+    assert (gpu.budget.configs_per_trial, gpu.resources.gpu) == (16, 0.25)
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA GPU")
