@@ -18,6 +18,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+def variant_config(spec: str) -> tuple[str, object, str]:
+    """A variant's (name, train config, featurization key): the default recipe under the spec's
+    comma-separated overrides; variants with the same key can share one featurization."""
+    from abexrat.config import load_train_config
+
+    # commas inside brackets belong to a list value: "encoder.options.weights=[1.0,1.5]"
+    overrides = [s for s in re.split(r",(?![^\[]*\])", spec) if s]
+    cfg = load_train_config(REPO / "studies" / "baseline.yaml", overrides)
+    key = json.dumps([cfg.encoder.model_dump(), cfg.data.model_dump()], sort_keys=True, default=str)
+    return spec or "default", cfg, key
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("variants", nargs="+", help='comma-separated overrides per variant; "" for the default')
@@ -25,7 +37,6 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 
-    from abexrat.config import load_train_config
     from abexrat.cv import cv_featurize, cv_train_and_score
     from abexrat.embed import EmbeddingCache
     from abexrat.experiment import load_dataset
@@ -36,11 +47,7 @@ def main() -> None:
     rows = []
     for spec in args.variants:
         t0 = time.perf_counter()
-        name = spec or "default"
-        # commas inside brackets belong to a list value: "encoder.options.weights=[1.0,1.5]"
-        overrides = [s for s in re.split(r",(?![^\[]*\])", spec) if s]
-        cfg = load_train_config(REPO / "studies" / "baseline.yaml", overrides)
-        key = json.dumps([cfg.encoder.model_dump(), cfg.data.model_dump()], sort_keys=True, default=str)
+        name, cfg, key = variant_config(spec)
         if key not in features:
             features[key] = cv_featurize(load_dataset(cfg), cfg, 5, 0, ["train", "val"], EmbeddingCache())
         _, s = cv_train_and_score(features[key], cfg, seeds)

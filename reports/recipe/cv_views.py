@@ -13,8 +13,6 @@ without looking at the test split's variants.
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import time
 from pathlib import Path
 
@@ -44,7 +42,8 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 
-    from abexrat.config import load_train_config
+    from cv_variants import variant_config  # this folder is on sys.path when a script here runs
+
     from abexrat.cv import cv_datasets
     from abexrat.embed import EmbeddingCache, embed_texts
     from abexrat.experiment import build_encoder, featurize, fit_texts, load_dataset
@@ -58,10 +57,7 @@ def main() -> None:
     rows = []
     for spec in args.variants:
         t0 = time.perf_counter()
-        name = spec or "default"
-        overrides = [s for s in re.split(r",(?![^\[]*\])", spec) if s]
-        cfg = load_train_config(REPO / "studies" / "baseline.yaml", overrides)
-        key = json.dumps([cfg.encoder.model_dump(), cfg.data.model_dump()], sort_keys=True, default=str)
+        name, cfg, key = variant_config(spec)
         if key not in prepared:
             datasets, y, held = cv_datasets(load_dataset(cfg), args.folds, 0, ["train", "val"])
             folds = []
