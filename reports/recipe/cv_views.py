@@ -4,7 +4,8 @@ Like ``cv_variants.py`` (5 folds over the train + val originals, synthetic rows 
 folds, test never read), but every fold's held-out reports are also predicted as other OSHA sources
 write them: without their title (``untitled``), as the narrative's first sentence alone (``short``),
 and as the title alone (``title_only``). This chooses a recipe that holds up on such reports
-without looking at the test split's variants.
+without looking at the test split's variants. With ``--average``, it also scores test-time view
+averaging: each full report predicted as the mean of its views' probabilities.
 
     ABEXRAT_DATA_DIR=../shared/data/osha .venv/bin/python reports/recipe/cv_views.py --seeds 3 \\
         "" "data.short_copies=true" --json reports/recipe/views.json
@@ -20,6 +21,12 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 VIEWS = ("full", "untitled", "short", "title_only")
+# (name, weight per view) of the averages that --average scores: the full view plus w x the others
+AVERAGES = [
+    (f"full + {w} x {'+'.join(others)}", {"full": 1.0, **{o: w for o in others}})
+    for others in (("title_only",), ("untitled",), ("title_only", "untitled"))
+    for w in (0.25, 0.5, 1.0)
+]
 
 
 def view_texts(texts: list[str], view: str) -> list[str]:
@@ -39,6 +46,7 @@ def main() -> None:
     p.add_argument("variants", nargs="+", help='comma-separated overrides per variant; "" for the default')
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--average", action="store_true", help="also score test-time averages of the views")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 
@@ -68,21 +76,25 @@ def main() -> None:
                 folds.append((feats, views))
             prepared[key] = (folds, y, held, datasets[0].classes)
         folds, y, held, classes = prepared[key]
-        oof = {v: np.zeros((len(seeds), len(y)), np.int64) for v in VIEWS}
+        proba = {v: np.zeros((len(seeds), len(y), len(classes))) for v in VIEWS}
         for (feats, views), idx in zip(folds, held):
             X, yt = feats.training_set_for(cfg)
             model = fit(X, yt, len(classes), cfg, seeds).model
             for v in VIEWS:
-                oof[v][:, idx] = predict_proba(model, views[v]).argmax(-1)
+                proba[v][:, idx] = predict_proba(model, views[v])
         row: dict[str, object] = {"variant": name, "seconds": time.perf_counter() - t0}
         line = [f"{name:32s}"]
-        for v in VIEWS:
-            s = score(y, oof[v], classes)
+        scored = dict(proba)
+        if args.average:
+            for average, weights in AVERAGES:
+                scored[average] = sum(weight * proba[v] for v, weight in weights.items())
+        for v, p_view in scored.items():
+            s = score(y, p_view.argmax(-1), classes)
             row[v] = {"macro_f1": s["macro_f1"], "weighted_f1": s["weighted_f1"]}
             m, w = s["macro_f1"], s["weighted_f1"]
             line.append(f"{v} {100 * m['mean']:.2f}±{100 * m['std']:.2f}/{100 * w['mean']:.2f}")
         rows.append(row)
-        print("  ".join(line), flush=True)
+        print("\n  ".join(line), flush=True)
     if args.json:
         write_json(args.json, {"seeds": seeds, "folds": args.folds, "views": list(VIEWS), "rows": rows})
 
