@@ -233,13 +233,35 @@ def train(
 def _read_unlabeled(path: Path, text_column: str | None) -> tuple[list[str], list[str], list[dict[str, Any]]]:
     from abexrat.data import Columns, _row_text, read_rows
 
-    rows = read_rows(path)
+    if str(path) == "-":
+        path = Path("<stdin>")
+        rows = _stdin_rows(sys.stdin, text_column or "summary")
+    else:
+        rows = read_rows(path)
     if not rows:
         raise UserError(f"{path}: no rows")
     cols = Columns(text=text_column)
     texts = [_row_text(path, i, r, cols) for i, r in enumerate(rows)]
     ids = [str(r.get("id", r.get("idx", i))) for i, r in enumerate(rows)]
     return ids, texts, rows
+
+
+def _stdin_rows(lines: Any, text_column: str) -> list[dict[str, Any]]:
+    """Standard input's reports: a line that is a JSON object is a row (as in a .jsonl file); any
+    other non-empty line is one report's text, so ``echo "..." | abexrat predict RUN -`` works."""
+    rows = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if not line.lstrip().startswith("{"):
+            rows.append({text_column: line.strip()})
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"<stdin>: line {lineno}: not valid JSON ({e.msg})") from None
+        rows.append(row)
+    return rows
 
 
 @app.command()
@@ -311,7 +333,11 @@ def _print_scores(run: Any, data: Path, n: int, s: dict[str, Any], json_out: Pat
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="a trained run folder")],
     input_file: Annotated[
-        Path, typer.Argument(help="reports: .json, .jsonl, .csv or .parquet (title/summary or --text-column)")
+        Path,
+        typer.Argument(
+            help="reports: .json, .jsonl, .csv or .parquet (title/summary or --text-column); "
+            "- reads standard input: JSON Lines, or one report's text per line"
+        ),
     ],
     text_column: Annotated[
         str | None, typer.Option(help="column with the whole text (default: title + summary)")
@@ -325,6 +351,8 @@ def predict(
     from abexrat.train import predict_proba
 
     run = load_run(run_dir)
+    if stream and str(input_file) == "-":
+        raise UserError("--stream reads a file; standard input (-) is read whole")
     if _should_stream(input_file, stream):
         from abexrat.stream import scored_batches
 
@@ -350,8 +378,9 @@ def _print_predictions(classes: list[str], ids: list[str], proba: Any, json_line
         if json_lines:
             sys.stdout.write(json.dumps({"id": rid, "label": label, "probabilities": probs}) + "\n")
         else:
+            # plain lines, not rich's: a pipe must get one unwrapped, unstyled line per report
             top = sorted(probs.items(), key=lambda kv: -kv[1])[:3]
-            out.print(f"{rid}\t{label}\t" + "  ".join(f"{c}={v:.3f}" for c, v in top))
+            sys.stdout.write(f"{rid}\t{label}\t" + "  ".join(f"{c}={v:.3f}" for c, v in top) + "\n")
 
 
 @study_app.command("run")

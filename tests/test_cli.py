@@ -126,6 +126,42 @@ def test_predict_prints_label_and_probabilities(trained: Path, tmp_path: Path, c
         assert max(p["probabilities"], key=p["probabilities"].get) == p["label"]
 
 
+def test_predict_reads_standard_input_as_text_lines_or_json_lines(
+    trained: Path,
+    cli,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    import io
+
+    text = "the worker fell from the ladder on the roof scaffold"
+    row = {"id": "b", "summary": "a truck and a forklift collision on the highway, the driver"}
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{text}\n\n{json.dumps(row)}\n"))
+    r = cli("predict", trained, "-", "--jsonl")
+    assert r.code == 0, r.stderr
+    preds = [json.loads(line) for line in r.stdout.splitlines()]
+    # a bare line is one report's text (its id its row number); a JSON line is a row with its id
+    assert [p["id"] for p in preds] == ["0", "b"]
+    assert [p["label"] for p in preds] == ["FALLS,SLIPS,TRIPS", "TRANSPORTATION INCIDENTS"]
+    # the same reports from a file get the same probabilities
+    (tmp_path / "in.jsonl").write_text(json.dumps({"summary": text}) + "\n" + json.dumps(row) + "\n")
+    from_file = [
+        json.loads(line) for line in cli("predict", trained, tmp_path / "in.jsonl", "--jsonl").stdout.splitlines()
+    ]
+    assert [p["probabilities"] for p in from_file] == [p["probabilities"] for p in preds]
+
+    # without --jsonl: one tab-separated line per report, never wrapped however long the labels
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{text}\n{json.dumps(row)}\n"))
+    lines = cli("predict", trained, "-").stdout.splitlines()
+    assert [line.split("\t")[:2] for line in lines] == [["0", preds[0]["label"]], ["b", preds[1]["label"]]]
+
+    monkeypatch.setattr("sys.stdin", io.StringIO('{"summary": "unclosed\n'))
+    r = cli("predict", trained, "-")
+    assert r.code == 2 and "<stdin>: line 1: not valid JSON" in r.stderr
+    r = cli("predict", trained, "-", "--stream")
+    assert r.code == 2 and "--stream reads a file" in r.stderr
+
+
 def test_missing_run_folder_is_a_clean_error(tmp_path: Path, cli) -> None:  # noqa: ANN001
     r = cli("predict", tmp_path / "nope", tmp_path / "in.json")
     assert r.code == 2 and "not a finished run" in r.stderr
