@@ -434,6 +434,10 @@ def study_run(
         f"wrote {folder}/summary.json and trials.parquet"
         + ("" if no_report else f"; report: {folder}/report/index.html")
     )
+    if s.get("best_run"):
+        out.print(f"best model: {folder / s['best_run']}  (abexrat predict {folder / s['best_run']} INPUT)")
+    else:
+        out.print(f"best config: {folder}/best.yaml  (abexrat train {folder}/best.yaml --out DIR trains its model)")
     if s["tracking"]["mode"] == "offline":
         out.print(f"W&B runs are offline; upload them with: wandb sync {s['tracking']['dir']}/offline-run-*")
 

@@ -35,7 +35,7 @@ from abexrat.data import (
 from abexrat.embed import EmbeddingCache, EmbedStats, embed_texts, fitted_encoder
 from abexrat.encoders import Encoder, leaves, load_encoder, make_encoder, save_encoder
 from abexrat.errors import UserError
-from abexrat.io import atomic_path, write_json, write_text
+from abexrat.io import write_bytes, write_json, write_text
 from abexrat.metrics import score
 from abexrat.model import EnsembleMLP
 from abexrat.train import TrainResult, fit, predict_proba
@@ -255,31 +255,41 @@ def train_and_score_variants(
     ]
 
 
+def model_files(result: TrainResult, classes: list[str], encoder_key: str) -> dict[str, bytes]:
+    """Every seed's MLP as a run folder's files (``models/seed-<s>/model.safetensors`` and
+    ``model.json``), as bytes: a study's trial sends them to the driver, which has the encoder."""
+    from safetensors.torch import save
+
+    files = {}
+    for s, seed in enumerate(result.seeds):
+        folder = f"models/seed-{seed}"
+        files[f"{folder}/model.safetensors"] = save(result.model.seed_state(s))
+        meta = {
+            "seed": seed,
+            "dims": result.model.dims,
+            "ensemble": result.model.group,
+            "classes": classes,
+            "encoder_key": encoder_key,
+            "input_scale": result.scale,
+        }
+        files[f"{folder}/model.json"] = (json.dumps(meta, indent=2) + "\n").encode()
+    return files
+
+
 def save_run(
     out: Path, cfg: TrainConfig, enc: Encoder, classes: list[str], result: TrainResult, metrics: dict[str, Any]
 ) -> None:
     """Write a run folder; metrics.json goes last, so its presence marks a complete run."""
-    from safetensors.torch import save_file
+    write_run(out, cfg, enc, model_files(result, classes, enc.key), metrics)
 
+
+def write_run(out: Path, cfg: TrainConfig, enc: Encoder, files: dict[str, bytes], metrics: dict[str, Any]) -> None:
+    """A run folder from its parts (``files``: :func:`model_files`); metrics.json last."""
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     save_encoder(enc, out / "encoder")
-    for s, seed in enumerate(result.seeds):
-        folder = out / "models" / f"seed-{seed}"
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / "model.safetensors") as tmp:
-            save_file(result.model.seed_state(s), str(tmp))
-        write_json(
-            folder / "model.json",
-            {
-                "seed": seed,
-                "dims": result.model.dims,
-                "ensemble": result.model.group,
-                "classes": classes,
-                "encoder_key": enc.key,
-                "input_scale": result.scale,
-            },
-        )
+    for name, data in files.items():
+        write_bytes(out / name, data)
     write_json(out / "metrics.json", metrics)
 
 

@@ -67,3 +67,7 @@ max_failures: 5
     search = table[table["stage"] == "search"]
     assert len(search) == 9 and search["trial_id"].is_unique and search["val_macro_f1"].notna().all()
     assert json.loads((out / "summary.json").read_text())["resources"]["cluster_cpus"] >= 2
+    # the best model came back to the driver through the object store, whichever node trained it
+    best = json.loads((out / "best" / "metrics.json").read_text())
+    assert summary["best_run"] == "best" and best["seeds"] == summary["seeds"] == [0]
+    assert best["test"]["macro_f1"]["per_seed"] == summary["test"]["macro_f1"]["per_seed"]

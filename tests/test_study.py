@@ -109,6 +109,33 @@ def test_trial_table_matches_the_summary(search: tuple[Path, dict]) -> None:
     assert s["best_config"]["train_config"]["train"]["epochs"] == 3
 
 
+def test_the_best_model_lands_as_a_run_folder_that_evaluate_and_predict_read(
+    search: tuple[Path, dict],
+    tiny_dir: Path,
+    cli,  # noqa: ANN001
+    tmp_path: Path,
+) -> None:
+    import yaml
+
+    out, s = search
+    assert s["best_run"] == "best" and not (out / ".best.partial").exists()
+    # best.yaml is the final round's config of the best: `abexrat train` takes it as it is
+    assert yaml.safe_load((out / "best.yaml").read_text()) == s["best_config"]["train_config"]
+    m = json.loads((out / "best" / "metrics.json").read_text())
+    assert m["seeds"] == s["seeds"] == [0, 1, 2] and m["study"] == "tiny-search"
+    for split in ("val", "test"):
+        assert m[split]["macro_f1"]["per_seed"] == pytest.approx(s[split]["macro_f1"]["per_seed"])
+    # the saved models score the test file exactly as the final round did: same seeds, same members
+    r = cli("evaluate", out / "best", tiny_dir / "test.json", "--json", tmp_path / "eval.json")
+    assert r.code == 0, r.stderr
+    assert json.loads((tmp_path / "eval.json").read_text())["macro_f1"] == pytest.approx(s["test"]["macro_f1"]["mean"])
+    rows = json.loads((tiny_dir / "test.json").read_text())[:3]
+    (tmp_path / "in.json").write_text(json.dumps(rows))
+    r = cli("predict", out / "best", tmp_path / "in.json", "--jsonl")
+    assert r.code == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 3
+
+
 def test_wandb_offline_runs_equal_the_results(search: tuple[Path, dict]) -> None:
     out, s = search
     runs = read_runs(out / "wandb")
@@ -189,6 +216,15 @@ BAD_STUDIES = {
         "space: {adversarial.p: {type: float, low: 0, high: 1}}\nbudget: {configs_per_trial: 4}\n"
         "early_stopping: {enabled: true}",
         "budget.configs_per_trial: early stopping stops a trial with all its configurations",
+    ),
+    "encoder key in space": (
+        "space: {encoder.title_weight: {type: float, low: 0, high: 2}}",
+        "space.encoder.title_weight: every trial of a study trains on one shared featurization, so no trial "
+        "can change encoder.title_weight; set it under trainer:",
+    ),
+    "featurizing data key in an ablation": (
+        "kind: ablation\nablation: {factors: {pool: {ours: {data.aug_pool: published}, none: {}}}}",
+        "ablation.factors.pool.ours.data.aug_pool: every trial of a study trains on one shared featurization",
     ),
     "bad final override": (
         "space: {adversarial.p: {type: float, low: 0, high: 1}}\nfinal: {overrides: {model.ensemble: 0}}",

@@ -60,6 +60,10 @@ class Objective(Strict):
 # the trainer gives each member its own ε and p. Every other key fixes the data, the model or the
 # schedule, which the configurations of a batch share.
 BATCHED = ("adversarial.eps", "adversarial.p")
+# The data keys a trial may change: every trial trains on the study's one featurization (embedded
+# once, shared through the object store), and these only pick rows of it. Other data keys and every
+# encoder key change the vectors themselves, so they belong under ``trainer:`` (one study each).
+PER_TRIAL_DATA_KEYS = ("data.aug_ratio", "data.aug_seed", "data.untitled_copies", "data.short_copies")
 
 
 class Budget(Strict):
@@ -301,6 +305,7 @@ def load_study(path: str | Path) -> Study:
         study = study.model_copy(update={"trainer": merged})
     # The trainer, every searched key, every arm and every baseline must make a valid config.
     study.train_config(where=f"{path}: trainer")
+    _check_shared_features(study, path)
     for key, p in study.space.items():
         if p.type == "categorical":
             samples = list(p.choices or [])
@@ -315,6 +320,22 @@ def load_study(path: str | Path) -> Study:
     for name, over in study.baselines.items():
         study.train_config(study.final.arm(over), where=f"{path}: baselines.{name}")
     return study
+
+
+def _check_shared_features(study: Study, path: Path) -> None:
+    """No trial may change what the shared featurization embeds (``PER_TRIAL_DATA_KEYS``)."""
+    places = [(f"space.{k}", k) for k in study.space]
+    for factor, levels in (study.ablation.factors if study.ablation else {}).items():
+        places += [(f"ablation.factors.{factor}.{lvl}.{k}", k) for lvl, over in levels.items() for k in over]
+    places += [(f"baselines.{name}.{k}", k) for name, over in study.baselines.items() for k in over]
+    places += [(f"final.overrides.{k}", k) for k in study.final.overrides]
+    for where, key in places:
+        section = key.split(".", 1)[0]
+        if section == "encoder" or (section == "data" and key not in PER_TRIAL_DATA_KEYS):
+            raise UserError(
+                f"{path}: {where}: every trial of a study trains on one shared featurization, so no "
+                f"trial can change {key}; set it under trainer: (one study per setting)"
+            )
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

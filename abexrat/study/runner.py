@@ -4,6 +4,8 @@ Stages, each a Ray Tune experiment under the study folder::
 
     DIR/search/   the search or the ablation grid (resumable)
     DIR/final/    the best configuration and the baselines, K seeds each, scored on val and test
+    DIR/best/     the final round's best model, an ``abexrat train`` run folder (predict reads it)
+    DIR/best.yaml its config, for ``abexrat train``
     DIR/trials.parquet, DIR/trials.csv, DIR/summary.json   written last, atomically
 
 Selection uses validation only; the test split is scored once, in the final round.
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from abexrat.errors import Interrupted, UserError
-from abexrat.io import atomic_path, write_json
+from abexrat.io import atomic_path, write_json, write_text
 from abexrat.study.config import Study
 from abexrat.study.grouped import (
     GROUP,
@@ -214,6 +216,7 @@ def _trainable(
     with_test: bool,
     timed: bool,
     cv: Any = None,
+    best_sink: Any = None,
 ) -> Any:
     """The trial function with its data; ``timed``: the time limit applies (the search stage only)."""
     from ray import tune
@@ -235,6 +238,7 @@ def _trainable(
         threads=threads,
         limits=limits,
         cv=cv,
+        best_sink=best_sink,
     )
     res = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
     if study.limits.trial_memory_gb:  # Ray places a trial only where this much memory is free
@@ -384,16 +388,23 @@ def run_search(study: Study, feats: Any, out: Path, resume: bool, mode: str, cv:
 
 
 def run_final(
-    study: Study, feats: Any, out: Path, best: dict[str, Any], mode: str, resume: bool, cv: Any = None
+    study: Study,
+    feats: Any,
+    out: Path,
+    best: dict[str, Any],
+    mode: str,
+    resume: bool,
+    cv: Any = None,
+    best_sink: Any = None,
 ) -> tuple[Any, list[Any]]:
     """The best configuration and each baseline, ``final.seeds`` seeds, scored on val and test
-    (and with ``cv``, cross-validated too)."""
+    (and with ``cv``, cross-validated too); the best arm's models go to ``best_sink``."""
     from ray import tune
 
     arms = {name: study.final.arm(over) for name, over in {"best": best, **study.baselines}.items()}
     seeds = list(range(study.seed, study.seed + study.final.seeds))
     callbacks = _callbacks(len(arms), "final", study, FINAL, out, mode, arms)
-    trainable = _trainable(study, feats, arms, seeds, with_test=True, timed=False, cv=cv)
+    trainable = _trainable(study, feats, arms, seeds, with_test=True, timed=False, cv=cv, best_sink=best_sink)
     path = out / FINAL
     if resume and tune.Tuner.can_restore(str(path.resolve())):
         tuner = tune.Tuner.restore(
@@ -692,7 +703,10 @@ def run_study(
 
         arms = study.arms() if study.kind == "ablation" else {}
         best_overrides = trial_overrides(decode_params(best_over), arms)
-        final_results, fcbs = run_final(study, feats_ref, out, best_overrides, mode, resume, cv_ref)
+        from abexrat.study.trial import BestModelSink
+
+        best_sink = ray.remote(num_cpus=0)(BestModelSink).remote()
+        final_results, fcbs = run_final(study, feats_ref, out, best_overrides, mode, resume, cv_ref, best_sink)
         _check_interrupted(final_results, 1 + len(study.baselines), out)
         tracking_wait = _close(cbs + fcbs)
         final_df = _trial_table(final_results, "final")
@@ -702,6 +716,12 @@ def run_study(
         table = pd.concat([search_df, final_df], ignore_index=True)
         _write_table(table, out)
         best_cfg = study.train_config(study.final.arm(best_overrides))  # as the final round trained it
+        import yaml
+
+        write_text(out / "best.yaml", yaml.safe_dump(best_cfg.model_dump(mode="json"), sort_keys=False))
+        best_run = None
+        if not streamed:
+            best_run = _write_best_run(out, best_cfg, base, ds, encoder, ray.get(best_sink.take.remote()))
         wall = time.perf_counter() - t0
         summary = {
             "study": study.name,
@@ -715,6 +735,7 @@ def run_study(
                 "train_config": best_cfg.model_dump(mode="json"),
             },
             "best_val_macro_f1": float(best_r.metrics[study.objective.metric]),
+            "best_run": best_run,
             "seeds": list(range(study.seed, study.seed + study.final.seeds)),
             "val": _scores(by_arm["best"], "val"),
             "test": _scores(by_arm["best"], "test"),
@@ -789,6 +810,29 @@ def run_study(
     finally:
         if started:
             ray.shutdown()
+
+
+def _write_best_run(
+    out: Path, best_cfg: Any, base: Any, ds: Any, encoder: Any, model: tuple[dict[str, bytes], dict[str, Any]] | None
+) -> str | None:
+    """``out/best``: the final round's best model as an ``abexrat train`` run folder (predict and
+    evaluate read it), written whole or not at all. None when the model did not come back (the
+    final round was resumed after the best arm had finished) or when the best configuration embeds
+    differently from the study's shared features: then ``abexrat train out/best.yaml`` trains it."""
+    import shutil
+
+    from abexrat.embed import EmbeddingCache, fitted_encoder
+    from abexrat.experiment import fit_texts, write_run
+
+    if model is None or best_cfg.encoder != base.encoder:
+        return None
+    fitted_encoder(encoder, fit_texts(ds, encoder), EmbeddingCache())  # its fitted state, from the cache
+    partial = out / ".best.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    write_run(partial, best_cfg, encoder, *model)
+    shutil.rmtree(out / "best", ignore_errors=True)
+    partial.rename(out / "best")
+    return "best"
 
 
 def _check_interrupted(results: Any, wanted: int, out: Path, early_stopping: bool = False) -> None:

@@ -173,6 +173,7 @@ def run_trial(
     threads: int,
     limits: dict[str, Any] | None = None,
     cv: Any = None,
+    best_sink: Any = None,
 ) -> None:
     """Train and report to Tune: per epoch ``val_macro_f1`` (mean over seeds), then the final scores.
 
@@ -182,6 +183,9 @@ def run_trial(
     as ``cv_*`` beside the fixed split's.
     ``limits`` (``trial_time_s``, ``trial_memory_gb``): past one, the trial stops and reports
     ``limit`` = "time" | "memory" with the objective as NaN, so it is never chosen.
+    ``best_sink`` (a :class:`BestModelSink` actor, final round only): the ``best`` arm sends it its
+    models and metrics.json, through Ray's object store (no shared filesystem needed), before it
+    reports.
     """
     import torch
     from ray import tune
@@ -193,6 +197,7 @@ def run_trial(
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     st = Study.model_validate(study)
+    arm = params.get("arm")
     group = configurations(params)  # several with budget.configs_per_trial, else the trial's own
     cfg = st.train_config(trial_overrides(group[0], arms))
     if cfg.train.device == "auto":
@@ -256,8 +261,29 @@ def run_trial(
     if with_test and "val_pred" in scores:  # (S, n) classes: bootstrap intervals, paired tests in reports
         final["val_pred"] = scores["val_pred"]
         final["test_pred"] = scores["test_pred"]
+    if best_sink is not None and arm == "best":
+        import ray
+
+        from abexrat.experiment import model_files, run_metrics
+
+        metrics = run_metrics(cfg, feats, result, scores, scores["train_size"], t0, study=st.name)
+        ray.get(best_sink.put.remote(model_files(result, feats.classes, feats.encoder_key), metrics))
     final["trial_s"] = time.perf_counter() - t0
     tune.report(final)
+
+
+class BestModelSink:
+    """A Ray actor of the driver's (``ray.remote(num_cpus=0)(BestModelSink)``) that holds the final
+    round's best model until the driver writes it as ``STUDY_DIR/best``."""
+
+    def __init__(self) -> None:
+        self.model: tuple[dict[str, bytes], dict[str, Any]] | None = None
+
+    def put(self, files: dict[str, bytes], metrics: dict[str, Any]) -> None:
+        self.model = (files, metrics)
+
+    def take(self) -> tuple[dict[str, bytes], dict[str, Any]] | None:
+        return self.model
 
 
 def _report_limit(st: Any, guard: TrialGuard, done: int, t0: float) -> None:
