@@ -703,9 +703,13 @@ def run_study(
 
         arms = study.arms() if study.kind == "ablation" else {}
         best_overrides = trial_overrides(decode_params(best_over), arms)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         from abexrat.study.trial import BestModelSink
 
-        best_sink = ray.remote(num_cpus=0)(BestModelSink).remote()
+        # On the driver's node: a worker node that dies must not take the best model with it.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        best_sink = ray.remote(num_cpus=0, scheduling_strategy=here)(BestModelSink).remote()
         final_results, fcbs = run_final(study, feats_ref, out, best_overrides, mode, resume, cv_ref, best_sink)
         _check_interrupted(final_results, 1 + len(study.baselines), out)
         tracking_wait = _close(cbs + fcbs)
@@ -721,7 +725,7 @@ def run_study(
         write_text(out / "best.yaml", yaml.safe_dump(best_cfg.model_dump(mode="json"), sort_keys=False))
         best_run = None
         if not streamed:
-            best_run = _write_best_run(out, best_cfg, base, ds, encoder, ray.get(best_sink.take.remote()))
+            best_run = _write_best_run(out, best_cfg, base, ds, encoder, _take(best_sink))
         wall = time.perf_counter() - t0
         summary = {
             "study": study.name,
@@ -810,6 +814,15 @@ def run_study(
     finally:
         if started:
             ray.shutdown()
+
+
+def _take(best_sink: Any) -> tuple[dict[str, bytes], dict[str, Any]] | None:
+    import ray
+
+    try:
+        return ray.get(best_sink.take.remote())
+    except ray.exceptions.RayError:  # its node died: the study's results stand without the model
+        return None
 
 
 def _write_best_run(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import math
 import os
 import signal
@@ -267,7 +268,10 @@ def run_trial(
         from abexrat.experiment import model_files, run_metrics
 
         metrics = run_metrics(cfg, feats, result, scores, scores["train_size"], t0, study=st.name)
-        ray.get(best_sink.put.remote(model_files(result, feats.classes, feats.encoder_key), metrics))
+        try:
+            ray.get(best_sink.put.remote(model_files(result, feats.classes, feats.encoder_key), metrics))
+        except ray.exceptions.RayError as e:  # the model is a by-product: the scores must still arrive
+            logging.getLogger(__name__).warning("the best model did not reach the driver (%s)", type(e).__name__)
     final["trial_s"] = time.perf_counter() - t0
     tune.report(final)
 
