@@ -725,7 +725,7 @@ def run_study(
         write_text(out / "best.yaml", yaml.safe_dump(best_cfg.model_dump(mode="json"), sort_keys=False))
         best_run = None
         if not streamed:
-            best_run = _write_best_run(out, best_cfg, base, ds, encoder, _take(best_sink))
+            best_run = _write_best_run(out, best_cfg, ds, encoder, _take(best_sink))
         wall = time.perf_counter() - t0
         summary = {
             "study": study.name,
@@ -826,18 +826,19 @@ def _take(best_sink: Any) -> tuple[dict[str, bytes], dict[str, Any]] | None:
 
 
 def _write_best_run(
-    out: Path, best_cfg: Any, base: Any, ds: Any, encoder: Any, model: tuple[dict[str, bytes], dict[str, Any]] | None
+    out: Path, best_cfg: Any, ds: Any, encoder: Any, model: tuple[dict[str, bytes], dict[str, Any]] | None
 ) -> str | None:
     """``out/best``: the final round's best model as an ``abexrat train`` run folder (predict and
-    evaluate read it), written whole or not at all. None when the model did not come back (the
-    final round was resumed after the best arm had finished) or when the best configuration embeds
-    differently from the study's shared features: then ``abexrat train out/best.yaml`` trains it."""
+    evaluate read it), written whole or not at all. The study's own encoder is the model's: no
+    trial may change an encoder key (``load_study``). None when the model did not come back (the
+    final round was resumed after the best arm had finished, or the sink's node died): then
+    ``abexrat train out/best.yaml`` trains it."""
     import shutil
 
     from abexrat.embed import EmbeddingCache, fitted_encoder
     from abexrat.experiment import fit_texts, write_run
 
-    if model is None or best_cfg.encoder != base.encoder:
+    if model is None:
         return None
     fitted_encoder(encoder, fit_texts(ds, encoder), EmbeddingCache())  # its fitted state, from the cache
     partial = out / ".best.partial"
