@@ -165,6 +165,14 @@ def test_wandb_offline_runs_equal_the_results(search: tuple[Path, dict]) -> None
     assert with_packages == {"search": 1, "final": 1, "summary": 1}
     listed = next(r for r in by_job["search"] if "requirements.txt" in r.files)
     assert "torch==" in (listed.folder / "files" / "requirements.txt").read_text()
+    # the summary run logs the best model's run folder as a W&B model artifact, file for file
+    model = by_job["summary"][0].artifacts["tiny-search-best"]
+    assert model["type"] == "model" and "best" in model["aliases"]
+    on_disk = sorted(str(p.relative_to(out / "best")) for p in (out / "best").rglob("*") if p.is_file())
+    assert model["paths"] == on_disk and "models/seed-2/model.safetensors" in on_disk
+    assert model["metadata"]["eps"] == pytest.approx(s["best_config"]["eps"])
+    assert model["metadata"]["test_macro_f1"] == pytest.approx(s["test"]["macro_f1"]["mean"])
+    assert by_job["summary"][0].artifacts["tiny-search-report"]["type"] == "report"
 
 
 def test_ablation_runs_the_factor_grid(local_ray, tmp_path: Path, tiny_dir: Path) -> None:  # noqa: ANN001

@@ -54,6 +54,8 @@ class OfflineRun:
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)  # what the run saved under files/ (requirements.txt, ...)
+    # logged artifacts: name -> {"type", "aliases", "metadata", "paths" (the manifest's file paths)}
+    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def read_run(folder: Path) -> OfflineRun:
@@ -70,6 +72,14 @@ def read_run(folder: Path) -> OfflineRun:
                 run.config[item.key] = json.loads(item.value_json)
         elif kind == "history":
             run.history.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item})
+        elif kind == "artifact":
+            a = rec.artifact
+            run.artifacts[a.name] = {
+                "type": a.type,
+                "aliases": list(a.aliases),
+                "metadata": json.loads(a.metadata) if a.metadata else {},
+                "paths": sorted(e.path for e in a.manifest.contents),
+            }
         elif kind == "summary":
             for item in rec.summary.update:
                 run.summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)

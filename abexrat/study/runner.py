@@ -807,7 +807,14 @@ def run_study(
 
         files = study_report(out, summary) if report else []  # out/report/, from the in-memory summary
         summary["tracking"]["summary_run"] = log_summary(
-            study.name, study.tracking, out, mode, summary, table.astype(str), files=files
+            study.name,
+            study.tracking,
+            out,
+            mode,
+            summary,
+            table.astype(str),
+            files=files,
+            model_dir=out / best_run if best_run else None,
         )
         write_json(out / "summary.json", summary)  # last: its presence marks a finished study
         return summary

@@ -184,8 +184,10 @@ def log_summary(
     summary: dict[str, Any],
     table: Any,
     files: list[Path] | None = None,
+    model_dir: Path | None = None,
 ) -> str | None:
-    """One ``summary`` run: the trial table, the headline numbers, and any report files as an artifact."""
+    """One ``summary`` run: the trial table, the headline numbers, any report files as an artifact,
+    and the best model's run folder (``model_dir``) as a ``model`` artifact."""
     if mode == "disabled":
         return None
     import wandb
@@ -212,6 +214,14 @@ def log_summary(
             for f in files:
                 art.add_file(str(f))
             run.log_artifact(art)
+        if model_dir is not None:
+            best = summary["best_config"]
+            meta = {k: best[k] for k in ("method", "eps", "p", "aug_ratio")}
+            meta |= {"val_macro_f1": summary["best_val_macro_f1"], "test_macro_f1": summary["test"]["macro_f1"]["mean"]}
+            model = wandb.Artifact(f"{study}-best", type="model", metadata=meta)
+            # immutable: W&B reads the files in place instead of staging a copy (the encoder is ~150 MB)
+            model.add_dir(str(model_dir), policy="immutable")
+            run.log_artifact(model, aliases=["best"])
         run.finish()
     return run.id
 
