@@ -233,35 +233,14 @@ def train(
 def _read_unlabeled(path: Path, text_column: str | None) -> tuple[list[str], list[str], list[dict[str, Any]]]:
     from abexrat.data import Columns, _row_text, read_rows
 
-    if str(path) == "-":
-        path = Path("<stdin>")
-        rows = _stdin_rows(sys.stdin, text_column or "summary")
-    else:
-        rows = read_rows(path)
+    rows = read_rows(path, text_field=text_column or "summary")
+    path = Path("<stdin>") if str(path) == "-" else path
     if not rows:
         raise UserError(f"{path}: no rows")
     cols = Columns(text=text_column)
     texts = [_row_text(path, i, r, cols) for i, r in enumerate(rows)]
     ids = [str(r.get("id", r.get("idx", i))) for i, r in enumerate(rows)]
     return ids, texts, rows
-
-
-def _stdin_rows(lines: Any, text_column: str) -> list[dict[str, Any]]:
-    """Standard input's reports: a line that is a JSON object is a row (as in a .jsonl file); any
-    other non-empty line is one report's text, so ``echo "..." | abexrat predict RUN -`` works."""
-    rows = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if not line.lstrip().startswith("{"):
-            rows.append({text_column: line.strip()})
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"<stdin>: line {lineno}: not valid JSON ({e.msg})") from None
-        rows.append(row)
-    return rows
 
 
 @app.command()

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import sys
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
@@ -148,13 +149,17 @@ def _check_fits_in_memory(path: Path) -> None:
         )
 
 
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a JSON list, JSONL, CSV or Parquet file, as dicts."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    _check_fits_in_memory(path)
-    suffix = path.suffix.lower()
+def read_rows(path: str | Path, text_field: str | None = None) -> list[dict[str, Any]]:
+    """Rows of a JSON list, JSONL, CSV or Parquet file, as dicts. ``-`` reads standard input as
+    JSON Lines, where (with ``text_field``) a line that is not a JSON object is one report's text,
+    ``{text_field: line}``: ``echo "..." | abexrat predict RUN -``."""
+    stdin = str(path) == "-"
+    path = Path("<stdin>") if stdin else Path(path)
+    if not stdin:
+        if not path.is_file():
+            raise UserError(f"{path}: file not found")
+        _check_fits_in_memory(path)
+    suffix = ".jsonl" if stdin else path.suffix.lower()
     try:
         if suffix == ".json":
             try:
@@ -165,8 +170,12 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
                 raise UserError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
         elif suffix == ".jsonl":
             rows = []
-            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            lines = sys.stdin.read() if stdin else path.read_text(encoding="utf-8")
+            for lineno, line in enumerate(lines.splitlines(), 1):
                 if not line.strip():
+                    continue
+                if stdin and text_field and not line.lstrip().startswith("{"):
+                    rows.append({text_field: line.strip()})
                     continue
                 try:
                     rows.append(json.loads(line))

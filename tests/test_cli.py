@@ -158,6 +158,9 @@ def test_predict_reads_standard_input_as_text_lines_or_json_lines(
     monkeypatch.setattr("sys.stdin", io.StringIO('{"summary": "unclosed\n'))
     r = cli("predict", trained, "-")
     assert r.code == 2 and "<stdin>: line 1: not valid JSON" in r.stderr
+    monkeypatch.setattr("sys.stdin", io.StringIO('{"a": ' * 100_000 + "\n"))  # nested past Python's recursion limit
+    r = cli("predict", trained, "-")
+    assert r.code == 2 and "<stdin>: cannot read" in r.stderr
     r = cli("predict", trained, "-", "--stream")
     assert r.code == 2 and "--stream reads a file" in r.stderr
 
