@@ -152,6 +152,62 @@ class DataConfig(Strict):
     )
 
 
+def check_encoder_options(name: str, options: dict[str, Any]) -> None:
+    """Each option must be a constructor field of the encoder, of its type: a wrong type would
+    otherwise surface as a traceback deep inside the fit (``tfidf_dim: "x"``). A combination's
+    parts are checked the same way, each as ``{name, options, weight}``."""
+    cls = _encoder_class(name)
+    if cls is None:  # an unknown name is reported when the encoder is built
+        return
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")]
+    known = [k for k in known if k not in ("model", "fit_digest")]
+    for key, value in options.items():
+        name_ = {"dim": "dim_"}.get(key, key)
+        if name_ not in known:
+            raise ValueError(f"options: unknown option {short_repr(key)} (known: {', '.join(known)})")
+        hint = hints[name_]
+        v = tuple(value) if isinstance(value, list) and typing.get_origin(hint) is tuple else value
+        try:
+            TypeAdapter(hint).validate_python(v, strict=True)
+        except ValidationError:
+            raise ValueError(f"options.{key}: expected {_hint_name(hint)}, got {short_repr(value)}") from None
+        if key == "encoders":
+            for i, part in enumerate(value):
+                try:
+                    EncoderPart.model_validate(part)
+                except ValidationError as e:
+                    raise ValueError(f"options.encoders[{i}].{_first_error(e)}") from None
+            continue
+        numbers = v if isinstance(v, tuple) else (v,)
+        for x in numbers:
+            if isinstance(x, bool) or not isinstance(x, int | float):
+                continue
+            if isinstance(x, int) and not 1 <= x <= 10_000_000:
+                raise ValueError(f"options.{key}: must be in 1..10000000, got {short_repr(value)}")
+            if isinstance(x, float) and not (math.isfinite(x) and 0 <= x <= 1e6):
+                raise ValueError(f"options.{key}: must be a finite number in [0, 1e6], got {short_repr(value)}")
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {err['msg'].removeprefix('Value error, ')}" if where else err["msg"].removeprefix("Value error, ")
+
+
+class EncoderPart(Strict):
+    """One part of a ``combined`` encoder: a registered encoder, its options, and its weight."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    weight: float = Field(1.0, ge=0.0, le=1e6)
+
+    @model_validator(mode="after")
+    def _options(self) -> EncoderPart:
+        check_encoder_options(self.name, self.options)
+        return self
+
+
 class EncoderConfig(Strict):
     name: str = "hybrid"
     options: dict[str, Any] = Field(default_factory=dict)
@@ -162,32 +218,7 @@ class EncoderConfig(Strict):
 
     @model_validator(mode="after")
     def _options(self) -> EncoderConfig:
-        """Each option must be a constructor field of the encoder, of its type: a wrong type would
-        otherwise surface as a traceback deep inside the fit (``tfidf_dim: "x"``)."""
-        cls = _encoder_class(self.name)
-        if cls is None:  # an unknown name is reported when the encoder is built
-            return self
-        hints = typing.get_type_hints(cls)
-        known = [f.name for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")]
-        known = [k for k in known if k not in ("model", "fit_digest")]
-        for key, value in self.options.items():
-            name = {"dim": "dim_"}.get(key, key)
-            if name not in known:
-                raise ValueError(f"options: unknown option {short_repr(key)} (known: {', '.join(known)})")
-            hint = hints[name]
-            v = tuple(value) if isinstance(value, list) and typing.get_origin(hint) is tuple else value
-            try:
-                TypeAdapter(hint).validate_python(v, strict=True)
-            except ValidationError:
-                raise ValueError(f"options.{key}: expected {_hint_name(hint)}, got {short_repr(value)}") from None
-            numbers = v if isinstance(v, tuple) else (v,)
-            for x in numbers:
-                if isinstance(x, bool) or not isinstance(x, int | float):
-                    continue
-                if isinstance(x, int) and not 1 <= x <= 10_000_000:
-                    raise ValueError(f"options.{key}: must be in 1..10000000, got {short_repr(value)}")
-                if isinstance(x, float) and not (math.isfinite(x) and 0 <= x <= 1e6):
-                    raise ValueError(f"options.{key}: must be a finite number in [0, 1e6], got {short_repr(value)}")
+        check_encoder_options(self.name, self.options)
         return self
 
 

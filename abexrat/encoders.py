@@ -6,7 +6,8 @@ The key addresses the embedding cache, so a change to any of these re-encodes.
 
 - ``wordllama``: 256-d static embeddings shipped inside the wordllama wheel.
 - ``tfidf-svd``: tf-idf on word n-grams, then truncated SVD, fitted on training originals.
-- ``hybrid``: the L2-normalized concatenation of the two (the offline default).
+- ``combined``: any of these side by side (each part L2-normalized and weighted, then concatenated).
+- ``hybrid``: wordllama beside tf-idf/SVD (the offline default's pair, tf-idf options as flat keys).
 - ``hf:<model id or path>``: transformers AutoModel, mean or last-token pooling.
 - ``vllm:<model>``: vLLM through ``ray.data.llm`` (the ``gpu`` extra); see ``abexrat.vllm``.
 """
@@ -224,19 +225,73 @@ class TfidfSvdEncoder(Encoder):
         self._vectorizer, self._components = vec, arrays["components"]
 
 
+class Concatenation(Encoder):
+    """Several encoders side by side: each part's vectors L2-normalized and scaled by its weight,
+    then concatenated and scaled to unit norm. Subclasses set ``parts`` and ``weights``."""
+
+    weights: tuple[float, ...] = ()
+
+    def options(self) -> dict[str, Any]:
+        return {"weights": list(self.weights), "parts": [p.key for p in self.parts]}
+
+    @property
+    def dim(self) -> int:
+        return sum(p.dim for p in self.parts)
+
+    def combine(self, parts: list[np.ndarray]) -> np.ndarray:
+        """One (n, d_k) array per part -> (n, sum d_k), unit rows."""
+        out = np.concatenate([w * _l2(p) for w, p in zip(self.weights, parts)], axis=1)
+        return _l2(out)
+
+
+@register_encoder("combined")
+@dataclass
+class CombinedEncoder(Concatenation):
+    """Any registered encoders side by side, chosen by configuration.
+
+    ``encoders`` lists the parts in the ``encoder`` section's own form, ``{name, options, weight}``
+    (weight 1 when left out); for example a transformer beside character tf-idf::
+
+        encoder:
+          name: combined
+          options:
+            encoders:
+              - {name: "hf:sentence-transformers/all-MiniLM-L6-v2"}
+              - {name: tfidf-svd, options: {analyzer: char_wb, ngram_min: 2, ngram: 5}, weight: 0.5}
+    """
+
+    name: ClassVar[str] = "combined"
+    encoders: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.encoders:
+            raise UserError("encoder.options.encoders: name at least one encoder")
+        parts, weights = [], []
+        for i, spec in enumerate(self.encoders):
+            where = f"encoder.options.encoders[{i}]"
+            unknown = set(spec) - {"name", "options", "weight"}
+            if not isinstance(spec.get("name"), str) or unknown:
+                raise UserError(f"{where}: expected {{name, options, weight}}, got keys {sorted(spec)}")
+            part = make_encoder(spec["name"], **spec.get("options", {}))
+            if part.parts:
+                raise UserError(f"{where}: {spec['name']} combines encoders itself; list its parts instead")
+            parts.append(part)
+            weights.append(float(spec.get("weight", 1.0)))
+        self.parts, self.weights = tuple(parts), tuple(weights)
+
+
 @register_encoder("hybrid")
 @dataclass
-class HybridEncoder(Encoder):
-    """Concatenation of L2-normalized wordllama and tfidf-svd vectors, scaled to unit norm.
+class HybridEncoder(Concatenation):
+    """wordllama beside tf-idf/SVD: the offline default's pair, with the tf-idf options as flat keys.
 
     ``weights`` scale each part before the concatenation (the mix between the two).
     """
 
     name: ClassVar[str] = "hybrid"
-    needs_fit: ClassVar[bool] = True
     wordllama_dim: int = 256
     tfidf_dim: int = 384
-    weights: tuple[float, float] = (1.0, 1.0)
+    weights: tuple[float, ...] = (1.0, 1.0)
     tfidf_ngram: int = 2
     tfidf_min_df: int = 2
     tfidf_max_features: int = 20000
@@ -244,7 +299,9 @@ class HybridEncoder(Encoder):
     tfidf_ngram_min: int = 1
 
     def __post_init__(self) -> None:
-        self.weights = tuple(float(w) for w in self.weights)  # type: ignore[assignment]
+        self.weights = tuple(float(w) for w in self.weights)
+        if len(self.weights) != 2:
+            raise UserError(f"encoder.options.weights: hybrid has 2 parts, got {len(self.weights)} weights")
         self.parts = (
             WordLlamaEncoder(dim_=self.wordllama_dim),
             TfidfSvdEncoder(
@@ -257,20 +314,10 @@ class HybridEncoder(Encoder):
             ),
         )
 
-    def options(self) -> dict[str, Any]:
-        return {"weights": list(self.weights), "parts": [p.key for p in self.parts]}
-
-    @property
-    def dim(self) -> int:
-        return sum(p.dim for p in self.parts)
-
-    def combine(self, parts: list[np.ndarray]) -> np.ndarray:
-        out = np.concatenate([w * _l2(p) for w, p in zip(self.weights, parts)], axis=1)
-        return _l2(out)
-
 
 def make_encoder(spec: str, **options: Any) -> Encoder:
-    """``"wordllama"``, ``"tfidf-svd"``, ``"hybrid"``, ``"hf:<model>"`` or ``"vllm:<model>"``."""
+    """A registered encoder's name (``"wordllama"``, ``"tfidf-svd"``, ``"combined"``, ``"hybrid"``),
+    ``"hf:<model>"`` or ``"vllm:<model>"``, built with its options."""
     if spec.startswith("hf:"):
         from abexrat.hf import HFEncoder
 
@@ -295,7 +342,7 @@ def encoder_spec(enc: Encoder) -> str:
 
 
 def leaves(enc: Encoder) -> list[Encoder]:
-    """The encoders that actually encode text (a hybrid's parts, or the encoder itself)."""
+    """The encoders that actually encode text (a combination's parts, or the encoder itself)."""
     return list(enc.parts) if enc.parts else [enc]
 
 

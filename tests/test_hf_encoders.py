@@ -96,8 +96,10 @@ def make_tiny(folder: Path, kind: str, seed: int = 0) -> Path:
 
 @pytest.fixture(autouse=True)
 def on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Float32 on the CPU even where a GPU exists: the comparisons below hold to 1e-5, half precision does not."""
+    """Float32 on the CPU even where a GPU or a bf16 CPU exists: the comparisons below hold to 1e-5, half
+    precision does not (tests/test_real_models.py checks bf16 against fp32 on real weights)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
 
 
 @pytest.fixture(scope="session")

@@ -80,6 +80,8 @@ class StepConfig(Strict):
     temperature: float = Field(0.7, ge=0.0, le=5.0, description="0 = greedy")
     top_p: float = Field(0.8, gt=0.0, le=1.0)
     max_new_tokens: int = Field(128, ge=1, le=16384)
+    # > 1 discourages tokens already generated: small models otherwise loop on one sentence.
+    repetition_penalty: float = Field(1.0, ge=1.0, le=2.0)
     concurrency: int = Field(1, ge=1, le=4096, description="actors (vllm: GPU engine replicas)")
     batch_size: int = Field(16, ge=1, le=65536, description="rows per batch sent to an actor")
     num_cpus: float = Field(1.0, ge=0.0, le=1024.0, description="transformers: CPUs reserved per actor")

@@ -4,7 +4,8 @@ Every engine takes the same rows and gives the same rows back, so the pipeline n
 one runs::
 
     in:  messages         [{"role": str, "content": str}, ...]   (OpenAI chat format)
-         sampling_params  {"temperature": float, "top_p": float, "max_tokens": int, "seed": int}
+         sampling_params  {"temperature": float, "top_p": float, "max_tokens": int, "seed": int,
+                          "repetition_penalty": float (only when not 1)}
          ...              any other columns named in ``keep`` travel through unchanged
     out: the ``keep`` columns + generated_text (str) + num_generated_tokens (int)
 
@@ -49,21 +50,28 @@ def register_engine(name: str) -> Callable[[type], type]:
 
 def sampling_params(step: StepConfig, seed: int) -> dict[str, Any]:
     """One row's sampling parameters, named as vLLM's ``SamplingParams`` names them."""
-    return {
+    params = {
         "temperature": float(step.temperature),
         "top_p": float(step.top_p),
         "max_tokens": int(step.max_new_tokens),
         "seed": int(seed),
     }
+    if step.repetition_penalty != 1.0:  # vLLM's default too: named only when it changes anything
+        params["repetition_penalty"] = float(step.repetition_penalty)
+    return params
 
 
 def model_identity(model: str) -> str:
-    """What decides a model's outputs: a hub id as it is, a local folder by a digest of its files."""
-    if Path(model).expanduser().is_dir():
-        from abexrat.hf import folder_fingerprint
+    """What decides a model's outputs: a hub id as it is, a local folder or a pinned copy that is
+    not the hub's own files (a quantized GGUF) by a digest (resolving fetches the model if needed)."""
+    from abexrat.hub import resolve_model
 
-        return f"{model}@{folder_fingerprint(Path(model).expanduser())[:16]}"
-    return model
+    try:
+        return resolve_model(model).identity
+    except UserError:
+        if Path(model).expanduser().exists() or model.startswith(("/", ".", "~")):
+            raise
+        return model  # unreachable now: named as the hub names it; loading it says why it failed
 
 
 class Engine:
@@ -157,16 +165,22 @@ class TransformersGenerator:
             # Actors share the node's cores: one thread each unless the actor reserved more.
             torch.set_num_threads(max(1, threads))
         dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
-        config = AutoConfig.from_pretrained(model)
+        from abexrat.hub import resolve_model
+
+        # On this actor's node: the hub's cache, or the pinned copy (a GGUF file, read by transformers)
+        files = resolve_model(model)
+        where = {"pretrained_model_name_or_path": files.folder, **files.load_kwargs()}
+        config = AutoConfig.from_pretrained(**where)
         self.seq2seq = bool(getattr(config, "is_encoder_decoder", False))
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.tokenizer = AutoTokenizer.from_pretrained(**where)
         if self.tokenizer.pad_token is None:  # decoder tokenizers often have none; the mask hides it
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if not self.seq2seq:
             self.tokenizer.padding_side = "left"  # new tokens follow every prompt's last token directly
         cls = AutoModelForSeq2SeqLM if self.seq2seq else AutoModelForCausalLM
-        # safetensors only: a pickled .bin checkpoint would run code on load
-        self.model = cls.from_pretrained(model, dtype=dtype, use_safetensors=True).to(self.device).eval()
+        # safetensors or GGUF only: a pickled .bin checkpoint would run code on load
+        safe = {} if files.gguf_file else {"use_safetensors": True}
+        self.model = cls.from_pretrained(**where, dtype=dtype, **safe).to(self.device).eval()
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.max_input_tokens = max_input_tokens
         self.keep = list(keep) if keep is not None else None
@@ -209,6 +223,8 @@ class TransformersGenerator:
         # Greedy over the sampler's one-hot scores; the model's own sampling defaults must not apply.
         gen = GenerationConfig(
             do_sample=False,
+            # Applied to the logits before the sampler sees them; one step's rows share it.
+            repetition_penalty=float(params[0].get("repetition_penalty", 1.0)),
             max_new_tokens=max(limits),
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=sorted(self.eos_ids) or None,

@@ -106,7 +106,9 @@ def clean_generation(text: str) -> str:
 
 def step_identity(step: StepConfig) -> dict[str, Any]:
     """The parts of a step that change its output (not batch sizes or actor counts)."""
+    penalty = {"repetition_penalty": step.repetition_penalty} if step.repetition_penalty != 1.0 else {}
     return {
+        **penalty,
         "engine": step.engine,
         "model": model_identity(str(step.model)),
         "temperature": step.temperature,

@@ -51,7 +51,9 @@ def main() -> None:
                 svm = LinearSVC(C=C, class_weight="balanced" if balanced else None)
                 oof[idx] = svm.fit(X, labels).predict(X_held)
             m, w = f1_score(y, oof, average="macro"), f1_score(y, oof, average="weighted")
-            rows.append({"C": C, "balanced": balanced, "macro_f1": m, "weighted_f1": w, "seconds": time.perf_counter() - t0})
+            rows.append(
+                {"C": C, "balanced": balanced, "macro_f1": m, "weighted_f1": w, "seconds": time.perf_counter() - t0}
+            )
             print(f"linear SVM C={C} balanced={balanced}: CV macro-F1 {100 * m:.2f} weighted {100 * w:.2f}", flush=True)
     if args.json:
         write_json(args.json, {"features": "tf-idf char_wb 2-5, min_df 2, sublinear", "rows": rows})
