@@ -56,7 +56,9 @@ def measure(overrides: list[str], splits: tuple[str, ...], threads: int) -> dict
     train_s = clock() - t
     data = {"val": (feats.X_val, feats.y_val), "test": (feats.X_test, feats.y_test)}
     t = clock()
-    block, _ = evaluate(result.model, {s: data[s] for s in splits}, len(ds.classes), result.scale, cfg.robustness, natural)
+    block, _ = evaluate(
+        result.model, {s: data[s] for s in splits}, len(ds.classes), result.scale, cfg.robustness, natural
+    )
     robust_s = clock() - t
     return {
         "overrides": overrides,
@@ -80,7 +82,11 @@ def main() -> None:
         "search trial (robustness.yaml)": (["model.ensemble=1", "seeds=2", "train.epochs=12"], ("val",)),
         "train run (baseline.yaml, 3 seeds)": (["seeds=3"], ("val", "test")),
     }
-    out: dict[str, Any] = {"machine": machine(), "threads": args.threads, "clock": "cpu" if args.threads == 1 else "wall"}
+    out: dict[str, Any] = {
+        "machine": machine(),
+        "threads": args.threads,
+        "clock": "cpu" if args.threads == 1 else "wall",
+    }
     for name, (overrides, splits) in shapes.items():
         out[name] = measure(overrides, splits, args.threads)
         print(name, out[name], flush=True)

@@ -154,8 +154,9 @@ def headline(a: Analysis) -> Table:
     rows.append([PAPER_NAME, DASH, DASH, DASH, pct(PAPER_TEST["macro_f1"]), pct(PAPER_TEST["weighted_f1"])])
     classes.append("reference")
     note = (
-        "mean ± std over seeds; in brackets the 95% bootstrap interval over the reports "
-        f"({a.n_resamples} resamples stratified by class, seeds averaged), where the predictions are stored."
+        "mean ± std over seeds (how much the score moves with the seed); in brackets the 95% bootstrap interval "
+        f"over the reports ({a.n_resamples} resamples stratified by class, seeds averaged: how much it depends on "
+        "which reports were drawn, the trained models held fixed), where the predictions are stored."
     )
     return Table(cols, rows, note, classes)
 
