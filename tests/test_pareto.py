@@ -131,4 +131,11 @@ def test_a_two_objective_study_end_to_end(local_ray, tmp_path: Path, tiny_dir: P
             assert r.summary[metric] == pytest.approx(row[metric])
     # the report has its robustness section
     md = (out / "report" / "report.md").read_text()
-    assert "Robustness" in md and "Pareto front" in md
+    assert "## Robustness" in md and "Pareto front" in md and (out / "report" / "robustness_curves.png").exists()
+    pgd_area = f"{100 * s['robustness']['test']['pgd']['auc']['mean']:.2f}"
+    assert "| best | PGD | " in md and pgd_area in md
+    # --compare shows each study's robustness
+    from abexrat.report import build_report
+
+    cmp = (build_report(out, tmp_path / "cmp", [out]).parent / "report.md").read_text()
+    assert "best: clean test macro-F1" in cmp.split("## Studies compared")[1] and pgd_area in cmp
