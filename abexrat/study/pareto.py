@@ -58,6 +58,29 @@ def final_arms(
     return {f"{FRONT_PREFIX}{k}": overrides(by_id[t]) for k, t in enumerate(members, 1)}
 
 
+def front_arms(
+    objective: Any, search_df: Any, results: Any, best_r: Any, arms: dict[str, Any]
+) -> tuple[list[str], dict[str, dict[str, Any]], list[str]]:
+    """With several objectives: mark the Pareto-optimal rows of ``search_df`` (Tune's ``results``
+    behind them) and name the front members the final round retrains besides the best: the front's
+    trial ids, ``front-k`` -> overrides, and those members' trial ids. Nothing for one objective."""
+    from abexrat.study.grouped import configurations
+    from abexrat.study.space import decode_params
+    from abexrat.study.trial import trial_overrides
+
+    if not objective.multi:
+        return [], {}, []
+    front_ids = mark(search_df, objective.metrics, objective.modes)
+    by_id = {str(r.metrics.get("trial_id")): r for r in results if r.metrics and not r.error}
+    best_id = str(best_r.metrics.get("trial_id"))
+
+    def overrides(r: Any) -> dict[str, Any]:
+        return trial_overrides(decode_params(dict(configurations(r.config)[0])), arms)
+
+    front = final_arms(front_ids, best_id, by_id, objective.front_size, overrides)
+    return front_ids, front, [t for t in front_ids if t != best_id and t in by_id][: objective.front_size]
+
+
 def _arm_entry(metrics: dict[str, Any], scores: Callable[[dict[str, Any], str], dict[str, Any]]) -> dict[str, Any]:
     return {
         "val": scores(metrics, "val"),

@@ -727,7 +727,7 @@ def run_study(
         best_sink = ray.remote(num_cpus=0, scheduling_strategy=here)(BestModelSink).remote()
         from abexrat.study import pareto
 
-        front_ids, front, front_trials = _front(study, search_df, results, best_r, arms)
+        front_ids, front, front_trials = pareto.front_arms(study.objective, search_df, results, best_r, arms)
         final_results, fcbs = run_final(study, feats_ref, out, best_overrides, mode, resume, cv_ref, best_sink, front)
         _check_interrupted(final_results, 1 + len(front) + len(study.baselines), out)
         tracking_wait = _close(cbs + fcbs)
@@ -847,29 +847,6 @@ def run_study(
     finally:
         if started:
             ray.shutdown()
-
-
-def _front(
-    study: Study, search_df: Any, results: Any, best_r: Any, arms: dict[str, Any]
-) -> tuple[list[str], dict[str, dict[str, Any]], list[str]]:
-    """With several objectives: mark the Pareto-optimal rows of ``search_df`` and name the front
-    members the final round retrains besides the best (``front-k`` -> overrides, and their trial ids)."""
-    from abexrat.study import pareto
-    from abexrat.study.space import decode_params
-    from abexrat.study.trial import trial_overrides
-
-    if not study.objective.multi:
-        return [], {}, []
-    o = study.objective
-    front_ids = pareto.mark(search_df, o.metrics, o.modes)
-    by_id = {str(r.metrics.get("trial_id")): r for r in results if r.metrics and not r.error}
-
-    def overrides(r: Any) -> dict[str, Any]:
-        return trial_overrides(decode_params(dict(configurations(r.config)[0])), arms)
-
-    front = pareto.final_arms(front_ids, str(best_r.metrics.get("trial_id")), by_id, o.front_size, overrides)
-    ids = [t for t in front_ids if t != str(best_r.metrics.get("trial_id")) and t in by_id][: o.front_size]
-    return front_ids, front, ids
 
 
 def _take(best_sink: Any) -> tuple[dict[str, bytes], dict[str, Any]] | None:
