@@ -193,7 +193,7 @@ def run_trial(
 
     from abexrat.cv import cv_train_and_score
     from abexrat.experiment import train_and_score
-    from abexrat.study.config import Study
+    from abexrat.study.config import ROBUST_METRICS, Study
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -205,6 +205,8 @@ def run_trial(
         # a trial trains where its resources say: on its GPU share, else on its CPUs (Ray does not
         # always hide a node's GPUs from trials that asked for none)
         cfg.train.device = "cuda" if st.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
+    if not with_test and not set(st.objective.metrics) & set(ROBUST_METRICS):
+        cfg.robustness.enabled = False  # a search trial scores robustness only when the objective asks for it
     epochs = cfg.train.epochs
     limits = limits or {}
     memory_gb = limits.get("trial_memory_gb")
