@@ -11,24 +11,8 @@ import pytest
 
 from abexrat.errors import UserError
 from abexrat.study.pareto import mark, pareto_mask
-from tests.test_study import study_file
+from tests.test_study import local_ray, study_file  # noqa: F401 - the module-scoped Ray fixture
 from tests.wandb_files import read_runs
-
-
-@pytest.fixture(scope="module")
-def local_ray():  # noqa: ANN201
-    """An embedded Ray of this module's own: ``address="local"`` starts one even where a cluster was
-    ``ray start``-ed on this machine (which a bare ``ray.init()`` would join)."""
-    import os
-
-    import ray
-
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    os.environ.pop("RAY_ADDRESS", None)
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def test_pareto_flags_on_hand_made_points() -> None:
@@ -91,7 +75,7 @@ baselines:
 """
 
 
-def test_a_two_objective_study_end_to_end(local_ray, tmp_path: Path, tiny_dir: Path) -> None:  # noqa: ANN001
+def test_a_two_objective_study_end_to_end(local_ray, tmp_path: Path, tiny_dir: Path) -> None:  # noqa: ANN001, F811
     from abexrat.study.config import load_study
     from abexrat.study.runner import run_study
 
