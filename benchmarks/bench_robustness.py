@@ -76,6 +76,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--epochs", type=int, help="override both shapes' epochs (a quick check of the script)")
     args = ap.parse_args()
     setup_env()
     shapes = {
@@ -88,7 +89,8 @@ def main() -> None:
         "clock": "cpu" if args.threads == 1 else "wall",
     }
     for name, (overrides, splits) in shapes.items():
-        out[name] = measure(overrides, splits, args.threads)
+        extra = [f"train.epochs={args.epochs}"] if args.epochs else []
+        out[name] = measure(overrides + extra, splits, args.threads)
         print(name, out[name], flush=True)
     write_json(args.json, out)
 
