@@ -225,6 +225,10 @@ def train(
         f"encoding {t['encode_s']:.1f} s ({t['texts_encoded']} encoded, {t['texts_cached']} cached), "
         f"training {t['train_s']:.1f} s, total {t['total_s']:.1f} s; wrote {out_dir}/metrics.json"
     )
+    if "robustness" in m:
+        from abexrat.robustness import print_block
+
+        print_block(out, m["robustness"])
 
 
 # ---------------------------------------------------------------- evaluate / predict
@@ -253,6 +257,9 @@ def evaluate(
     ] = None,
     label_column: Annotated[str, typer.Option(help="column with the label")] = "gold",
     stream: StreamFlag = False,
+    robustness: Annotated[
+        bool, typer.Option("--robustness", help="also score FGM/PGD attacks and natural text perturbations")
+    ] = False,
 ) -> None:
     """Score a run's seed models on any labeled dataset with the same classes."""
     import numpy as np
@@ -265,6 +272,8 @@ def evaluate(
 
     run = load_run(run_dir)
     if _should_stream(data, stream):
+        if robustness:
+            raise UserError(f"{data}: --robustness scores a file held in memory, not one streamed through Ray Data")
         from abexrat.stream import stream_confusion
 
         with out.status(f"streaming {data.name} through Ray Data"):
@@ -277,6 +286,11 @@ def evaluate(
     with progress() as bar:
         X = embed_texts(run.encoder, texts, progress=bar.task("encoding", len(texts)))
     s = score(np.asarray(y), predict_proba(run.model, X).argmax(-1), run.classes)
+    if robustness:
+        from abexrat.robustness import evaluate_run
+
+        with out.status("scoring robustness"):
+            s["robustness"] = evaluate_run(run, X, np.asarray(y), texts)
     _print_scores(run, data, len(texts), s, json_out)
 
 
@@ -304,6 +318,11 @@ def _print_scores(run: Any, data: Path, n: int, s: dict[str, Any], json_out: Pat
         f"macro-F1 {_pct(result['macro_f1'])}  weighted-F1 {_pct(result['weighted_f1'])}  "
         f"accuracy {_pct(result['accuracy'])}"
     )
+    if "robustness" in s:
+        from abexrat.robustness import print_block
+
+        result["robustness"] = s["robustness"]
+        print_block(out, s["robustness"])
     if json_out:
         write_json(json_out, result)
 

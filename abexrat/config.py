@@ -315,6 +315,27 @@ class AdversarialConfig(Strict):
         return v
 
 
+class RobustnessConfig(Strict):
+    """How a trained run's robustness is measured (:mod:`abexrat.robustness`, :mod:`abexrat.perturb`):
+    attacks on the input vectors at each ε of ``eps`` (relative to the mean training-vector norm, as
+    ``adversarial.eps``), and natural perturbations of the texts, re-encoded with the run's encoder."""
+
+    enabled: bool = True
+    eps: list[float] = Field(default_factory=lambda: [0.025, 0.05, 0.1, 0.2], min_length=1, max_length=16)
+    pgd_steps: int = Field(10, ge=1, le=100)
+    natural: bool = Field(True, description="score the natural text perturbations (needs the texts and encoder)")
+    char_noise: float = Field(0.05, ge=0.0, le=1.0, description="per-character rate of deletions, swaps, substitutions")
+    word_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="per-word rate of dropped words")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+
+    @field_validator("eps")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if any(not (0.0 < e <= 10.0) for e in v):
+            raise ValueError(f"every ε must be in (0, 10] (got {v})")
+        return sorted(set(v))
+
+
 class TrainConfig(Strict):
     """One training recipe: data -> encoder -> MLP + loss + adversarial method."""
 
@@ -329,6 +350,7 @@ class TrainConfig(Strict):
     loss: LossConfig = Field(default_factory=LossConfig)
     train: OptimConfig = Field(default_factory=OptimConfig)
     adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
+    robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
 
     def seed_list(self) -> list[int]:
         return list(range(self.seed, self.seed + self.seeds))

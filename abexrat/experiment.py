@@ -106,6 +106,9 @@ class Features:
     # Streamed features (``abexrat.stream_train``): the X_* are memory-mapped from this folder, and
     # pickling them (``ray.put``) sends the folder's name, not the arrays.
     mapped: str | None = None
+    # Val's and test's reports under each natural perturbation, encoded once (``abexrat.perturb``):
+    # split -> perturbation -> (n, dim), plus "_changed" (the share of reports each one changed).
+    perturbed: dict[str, dict[str, np.ndarray]] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -231,6 +234,14 @@ def train_and_score(
         if not feats.mapped:  # (S, n): paired tests compare these; a streamed dataset's are too many
             scores[f"{split}_pred"] = pred.astype(int).tolist()
     scores["train_size"] = int(len(y))
+    if cfg.robustness.enabled:
+        from abexrat.robustness import evaluate
+
+        robust = {split: (Xs, ys) for split, Xs, ys in splits}
+        n = len(feats.classes)
+        scores["robustness"], preds = evaluate(result.model, robust, n, result.scale, cfg.robustness, feats.perturbed)
+        if not feats.mapped:
+            scores["robustness_pred"] = preds
     return result, scores
 
 
@@ -348,6 +359,10 @@ def run_config(cfg: TrainConfig, out: Path, progress: Any = None, stream: bool =
     cache = EmbeddingCache()
     feats = featurize(ds, enc, cache, advance, untitled=untitled, short=short)
     fitted_encoder(enc, fit_texts(ds, enc), cache)
+    if cfg.robustness.enabled:
+        from abexrat.perturb import dataset_vectors
+
+        feats.perturbed = dataset_vectors(ds, enc, cfg.robustness, cache)
     seeds = cfg.seed_list()
     tick = progress.task(f"training {len(seeds)} seed(s)", cfg.train.epochs) if progress else None
     result, scores = train_and_score(feats, cfg, seeds, on_epoch=(lambda e, r: tick(1)) if tick else None)
@@ -375,6 +390,7 @@ def run_metrics(
         "test": scores["test"],
         "train_size": int(train_size),
         "history": result.history,
+        **({"robustness": scores["robustness"]} if "robustness" in scores else {}),
         **extra,
         "timings": {
             "encode_s": stats.encode_s,

@@ -40,7 +40,8 @@ def local_ray():  # noqa: ANN201
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     os.environ.pop("RAY_ADDRESS", None)  # a stale address from an earlier test's cluster
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # "local": a new Ray even where one was `ray start`-ed on this machine (a bare init joins it)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

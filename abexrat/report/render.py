@@ -112,6 +112,11 @@ def _sections(main: tables.Analysis, others: list[tables.Analysis], folder: Path
             [f for f in (figures.per_class_f1(main, folder), figures.confusion(main, folder)) if f],
         )
     )
+    from abexrat.report import robustness
+
+    robust = robustness.section_parts(main, folder)
+    if robust:
+        out.append(Section("robustness", "Robustness", robust[2], robust[0], robust[1]))
     out.append(_search_section(main, folder))
     out.append(Section("cost", "Cost", tables=[tables.cost(r)]))
     if others:
@@ -119,7 +124,7 @@ def _sections(main: tables.Analysis, others: list[tables.Analysis], folder: Path
             Section(
                 "compare",
                 "Studies compared",
-                tables=[tables.compare(main, others)],
+                tables=[t for t in (tables.compare(main, others), robustness.compare_table([main, *others])) if t],
                 figures=[figures.compare([main, *others], folder)],
             )
         )
@@ -136,7 +141,8 @@ def _search_section(a: tables.Analysis, folder: Path) -> Section:
         sec.notes.append(f"No search figures: {why}.")
         return sec
     metric, _ = search.objective(a.r)
-    target = f"{metric.split('_')[0]} {tables.METRIC_NAMES[metric.partition('_')[2]]}"
+    name = metric.partition("_")[2]
+    target = f"{metric.split('_')[0]} {tables.METRIC_NAMES.get(name, name.replace('_', ' '))}"
     imp = search.importances(study)
     rows = search.search_rows(a.r)
     sec.intro = f"{len(study.trials)} completed of {len(rows)} search trials."

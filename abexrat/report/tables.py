@@ -154,29 +154,56 @@ def headline(a: Analysis) -> Table:
     rows.append([PAPER_NAME, DASH, DASH, DASH, pct(PAPER_TEST["macro_f1"]), pct(PAPER_TEST["weighted_f1"])])
     classes.append("reference")
     note = (
-        "mean ± std over seeds; in brackets the 95% bootstrap interval over the reports "
-        f"({a.n_resamples} resamples stratified by class, seeds averaged), where the predictions are stored."
+        "mean ± std over seeds (how much the score moves with the seed); in brackets the 95% bootstrap interval "
+        f"over the reports ({a.n_resamples} resamples stratified by class, seeds averaged: how much it depends on "
+        "which reports were drawn, the trained models held fixed), where the predictions are stored."
     )
     return Table(cols, rows, note, classes)
+
+
+def seed_spread(t: stats.Paired | None) -> str:
+    """The per-seed differences: mean ± sd in points, and how many seeds favour the first arm."""
+    if t is None or not t.seed_deltas:
+        return DASH
+    d = np.asarray(t.seed_deltas)
+    return f"{points(float(d.mean()))} ± {100 * t.seed_sd:.2f} ({int((d > 0).sum())}/{len(d)} > 0)"
+
+
+STATS_NOTE = (
+    "The interval (paired bootstrap, {n} resamples of the test reports, stratified by class) and p (two-sided "
+    "paired permutation test, a report's predictions swapped between the arms for all seeds at once) both take "
+    "the report as the unit and the trained models as fixed: they say how much Δ depends on which reports were "
+    "drawn. The seed column is the spread of the per-seed Δ (seed k against seed k): how much it depends on the "
+    "seed. "
+)
+HOLM_NOTE = "p is Holm-adjusted over the {m} comparisons of this table (per metric), for the family-wise error rate."
+
+
+def _holm_rows(tests: list[stats.Paired | None]) -> list[str]:
+    adjusted = stats.holm([t.p if t else None for t in tests])
+    return [pvalue(p) for p in adjusted]
 
 
 def versus_baselines(a: Analysis) -> Table | None:
     keys = [k for k in a.arms if k.startswith("baseline:")]
     if not keys:
         return None
+    tests = {m: [a.paired("best", k, "test", m) for k in keys] for m in ("macro_f1", "weighted_f1")}
+    ps = {m: _holm_rows(tests[m]) for m in tests}
     rows = []
-    for key in keys:
+    for i, key in enumerate(keys):
         row = [arm_label(key)]
         for metric in ("macro_f1", "weighted_f1"):
-            t = a.paired("best", key, "test", metric)
+            t = tests[metric][i]
             d = a.delta("best", key, "test", metric)
-            row += [points(d) + (f" {bracket(t.low, t.high)}" if t else ""), pvalue(t.p if t else None)]
+            row += [points(d) + (f" {bracket(t.low, t.high)}" if t else ""), ps[metric][i]]
+            if metric == "macro_f1":
+                row.append(seed_spread(t))
         rows.append(row)
-    cols = ["best against", "Δ test macro-F1", "p", "Δ test weighted-F1", "p"]
-    note = (
-        "Δ = best − baseline in points, from the summary's means; the interval is a paired bootstrap over the "
-        "test reports and p a two-sided paired permutation test over the same reports and seeds."
-    )
+    cols = ["best against", "Δ test macro-F1", "p", "Δ per seed (macro-F1)", "Δ test weighted-F1", "p"]
+    note = "Δ = best − baseline in points, from the summary's means. " + STATS_NOTE.format(n=a.n_resamples)
+    if len(keys) > 1:
+        note += HOLM_NOTE.format(m=len(keys))
     return Table(cols, rows, note)
 
 
@@ -184,24 +211,28 @@ def ablation(a: Analysis) -> Table | None:
     keys = [k for k in a.arms if k.startswith("arm:")]
     if not keys or "arm:full" not in a.arms:
         return None
+    others = [k for k in keys if k != "arm:full"]
+    tests = [a.paired(key, "arm:full") for key in others]
+    ps = _holm_rows(tests)
     rows, classes = [], []
-    for key in ["arm:full"] + [k for k in keys if k != "arm:full"]:
+    for key in ["arm:full"] + others:
         arm = a.arms[key]
         row = [key.partition(":")[2], overrides(arm.get("overrides") or {}), mean_std(arm["val"], "macro_f1")]
         row += [a.cell(key, "test", "macro_f1"), a.cell(key, "test", "weighted_f1")]
         if key == "arm:full":
-            row += ["reference", DASH]
+            row += ["reference", DASH, DASH]
         else:
-            t = a.paired(key, "arm:full")
+            i = others.index(key)
+            t = tests[i]
             d = a.delta(key, "arm:full")
-            row += [points(d) + (f" {bracket(t.low, t.high)}" if t else ""), pvalue(t.p if t else None)]
+            row += [points(d) + (f" {bracket(t.low, t.high)}" if t else ""), ps[i], seed_spread(t)]
         rows.append(row)
         classes.append("best" if key == "arm:full" else "")
     cols = ["arm", "overrides", "val macro-F1", "test macro-F1", "test weighted-F1", "Δ test macro-F1 vs full", "p"]
-    note = (
-        "Δ = arm − full in points, from the summary's means; the interval is a paired bootstrap and p a two-sided "
-        "paired permutation test over the same test reports and seeds."
-    )
+    cols.append("Δ per seed")
+    note = "Δ = arm − full in points, from the summary's means. " + STATS_NOTE.format(n=a.n_resamples)
+    if len(others) > 1:
+        note += HOLM_NOTE.format(m=len(others))
     return Table(cols, rows, note, classes)
 
 
@@ -302,6 +333,8 @@ def compare(main: Analysis, others: list[Analysis]) -> Table:
     cols = ["study", "kind", "trials", "best (method, ε, p, r)", "val macro-F1", "test macro-F1", "test weighted-F1"]
     cols += [f"Δ test macro-F1 vs {main.r.name}", "p", "wall time"]
     rows, classes = [], []
+    tests = [_cross_paired(a, main) for a in others]
+    ps = _holm_rows(tests)
     for a in [main, *others]:
         b = a.r.summary["best_config"]
         best = f"{b.get('method')}, {number(b.get('eps'))}, {number(b.get('p'))}, {number(b.get('aug_ratio'))}"
@@ -311,8 +344,8 @@ def compare(main: Analysis, others: list[Analysis]) -> Table:
             row += ["reference", DASH]
         else:
             d = float(a.r.summary["test"]["macro_f1"]["mean"]) - float(main.r.summary["test"]["macro_f1"]["mean"])
-            t = _cross_paired(a, main)
-            row += [points(d) + (f" {bracket(t.low, t.high)}" if t else ""), pvalue(t.p if t else None)]
+            t = tests[others.index(a)]
+            row += [points(d) + (f" {bracket(t.low, t.high)}" if t else ""), ps[others.index(a)]]
         row.append(seconds(float(a.r.summary["wall_s"])))
         rows.append(row)
         classes.append("best" if a is main else "")
@@ -323,7 +356,9 @@ def compare(main: Analysis, others: list[Analysis]) -> Table:
     classes.append("reference")
     note = (
         "Δ = study − first study in points; the interval and p are paired over the same test reports and seeds "
-        "when both studies scored the same test split with the same number of seeds, else only Δ is shown."
+        "when both studies scored the same test split with the same number of seeds, else only Δ is shown; "
+        "both take the report as the unit (see the best-against-baselines table)."
+        + (" " + HOLM_NOTE.format(m=len(others)) if len(others) > 1 else "")
     )
     return Table(cols, rows, note, classes)
 

@@ -51,9 +51,53 @@ class Param(Strict):
         return self
 
 
+ObjectiveMetric = Literal[
+    "val_macro_f1",
+    "val_weighted_f1",
+    "val_accuracy",
+    # robustness on val (abexrat.robustness.flat_keys): the area under macro-F1 vs PGD's ε, FGM's,
+    # and the mean macro-F1 over the natural text perturbations
+    "val_robust_macro_f1",
+    "val_fgm_auc",
+    "val_natural_macro_f1",
+]
+ROBUST_METRICS = ("val_robust_macro_f1", "val_fgm_auc", "val_natural_macro_f1")
+
+
 class Objective(Strict):
-    metric: Literal["val_macro_f1", "val_weighted_f1", "val_accuracy"] = "val_macro_f1"
+    """One metric and its direction, or (a list of each) several: a multi-objective search
+    (abexrat.study.pareto), whose final round retrains up to ``front_size`` Pareto-optimal trials.
+    ``metric`` and ``mode`` name the first one (the primary: it picks ``best``); ``metrics`` and
+    ``modes`` all of them."""
+
+    metric: ObjectiveMetric = "val_macro_f1"
     mode: Literal["max", "min"] = "max"
+    metrics: list[ObjectiveMetric] = Field(default_factory=list, max_length=8)
+    modes: list[Literal["max", "min"]] = Field(default_factory=list, max_length=8)
+    front_size: int = Field(3, ge=0, le=100, description="front members (besides best) the final round retrains")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lists(cls, v: Any) -> Any:
+        if not isinstance(v, dict) or not isinstance(v.get("metric"), list):
+            return v
+        metrics, modes = v["metric"], v.get("mode", "max")
+        modes = modes if isinstance(modes, list) else [modes] * len(metrics)
+        if not metrics or len(modes) != len(metrics):
+            raise ValueError(f"mode: one direction per metric ({len(metrics)} metrics, {len(modes)} modes)")
+        return {**v, "metric": metrics[0], "mode": modes[0], "metrics": metrics, "modes": modes}
+
+    @model_validator(mode="after")
+    def _check(self) -> Objective:
+        if not self.metrics:
+            self.metrics, self.modes = [self.metric], [self.mode]
+        if len(set(self.metrics)) != len(self.metrics):
+            raise ValueError(f"metric: a metric is named twice: {self.metrics}")
+        return self
+
+    @property
+    def multi(self) -> bool:
+        return len(self.metrics) > 1
 
 
 # The searched keys several configurations of one trial may differ in (``budget.configs_per_trial``):
@@ -229,7 +273,27 @@ class Study(Strict):
             raise ValueError("cv: early stopping compares epochs of one split; turn one of them off")
         if self.budget.configs_per_trial > 1:
             self._check_grouped()
+        self._check_objective()
         return self
+
+    def _check_objective(self) -> None:
+        """Robustness objectives need robustness scored on the fixed val split, trial by trial; several
+        objectives need a search whose trials run to their end."""
+        robust = [m for m in self.objective.metrics if m in ROBUST_METRICS]
+        if robust and not self.trainer.get("robustness", {}).get("enabled", True):
+            raise ValueError(f"objective: {robust[0]} needs trainer.robustness.enabled: true")
+        if robust and self.cv is not None:
+            raise ValueError(f"objective: {robust[0]} is scored on the val split; cv trials score folds")
+        if robust and self.early_stopping.enabled:
+            raise ValueError(f"objective: {robust[0]} comes after the last epoch; early stopping needs it per epoch")
+        if robust and self.budget.configs_per_trial > 1:
+            raise ValueError(f"objective: {robust[0]} is not scored per configuration; set configs_per_trial to 1")
+        if robust and "val_natural_macro_f1" in robust and not self.trainer.get("robustness", {}).get("natural", True):
+            raise ValueError("objective: val_natural_macro_f1 needs trainer.robustness.natural: true")
+        if self.objective.multi and (self.kind != "search" or self.early_stopping.enabled):
+            raise ValueError("objective: several metrics need a search (kind: search) without early stopping")
+        if self.objective.multi and self.budget.configs_per_trial > 1:
+            raise ValueError("objective: several metrics need budget.configs_per_trial: 1")
 
     def _check_grouped(self) -> None:
         """What several configurations per trial need: a search over ε or p, on the fixed split,

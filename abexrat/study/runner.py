@@ -333,10 +333,11 @@ def run_search(study: Study, feats: Any, out: Path, resume: bool, mode: str, cv:
         sampler = optuna.samplers.TPESampler(
             seed=study.seed, multivariate=True, n_startup_trials=max(3, min(10, study.budget.num_samples // 3))
         )
-        search_alg = OptunaSearch(
+        obj = study.objective
+        search_alg = OptunaSearch(  # several objectives: multi-objective TPE over all of them
             space=SearchSpace({k: p.model_dump() for k, p in study.space.items()}),
-            metric=metric,
-            mode=mode_,
+            metric=obj.metrics if obj.multi else metric,
+            mode=obj.modes if obj.multi else mode_,
             sampler=sampler,
         )
         num_samples = total = study.budget.num_samples
@@ -396,12 +397,15 @@ def run_final(
     resume: bool,
     cv: Any = None,
     best_sink: Any = None,
+    front: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[Any, list[Any]]:
-    """The best configuration and each baseline, ``final.seeds`` seeds, scored on val and test
-    (and with ``cv``, cross-validated too); the best arm's models go to ``best_sink``."""
+    """The best configuration, the Pareto ``front``'s other members (several objectives) and each
+    baseline, ``final.seeds`` seeds, scored on val and test (and with ``cv``, cross-validated too);
+    the best arm's models go to ``best_sink``."""
     from ray import tune
 
-    arms = {name: study.final.arm(over) for name, over in {"best": best, **study.baselines}.items()}
+    named = {"best": best, **(front or {}), **study.baselines}
+    arms = {name: study.final.arm(over) for name, over in named.items()}
     seeds = list(range(study.seed, study.seed + study.final.seeds))
     callbacks = _callbacks(len(arms), "final", study, FINAL, out, mode, arms)
     trainable = _trainable(study, feats, arms, seeds, with_test=True, timed=False, cv=cv, best_sink=best_sink)
@@ -509,6 +513,13 @@ def _trial_table(results: Any, stage: str, budget_spent: bool = False, early_sto
             "test_accuracy",
             "cv_macro_f1",
             "cv_weighted_f1",
+            "val_robust_macro_f1",
+            "val_fgm_auc",
+            "val_natural_macro_f1",
+            "test_robust_macro_f1",
+            "test_fgm_auc",
+            "test_natural_macro_f1",
+            "robust_s",
             "selection",
             "train_s",
             "trial_s",
@@ -672,6 +683,10 @@ def run_study(
         t_enc = time.perf_counter()
         short = _trains_short_copies(study)
         feats = stream_features(base)[0] if streamed else featurize(ds, encoder, EmbeddingCache(), short=short)
+        if not streamed and base.robustness.enabled:  # natural perturbations: encoded once, for every trial
+            from abexrat.perturb import dataset_vectors
+
+            feats.perturbed = dataset_vectors(ds, encoder, base.robustness, EmbeddingCache())
         cv_ref = None
         if study.cv is not None:  # every fold's features, each with its own fitted encoder
             from abexrat.cv import cv_featurize
@@ -710,14 +725,19 @@ def run_study(
         # On the driver's node: a worker node that dies must not take the best model with it.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
         best_sink = ray.remote(num_cpus=0, scheduling_strategy=here)(BestModelSink).remote()
-        final_results, fcbs = run_final(study, feats_ref, out, best_overrides, mode, resume, cv_ref, best_sink)
-        _check_interrupted(final_results, 1 + len(study.baselines), out)
+        from abexrat.study import pareto
+
+        front_ids, front, front_trials = pareto.front_arms(study.objective, search_df, results, best_r, arms)
+        final_results, fcbs = run_final(study, feats_ref, out, best_overrides, mode, resume, cv_ref, best_sink, front)
+        _check_interrupted(final_results, 1 + len(front) + len(study.baselines), out)
         tracking_wait = _close(cbs + fcbs)
         final_df = _trial_table(final_results, "final")
         by_arm = {r.config["arm"]: r.metrics for r in final_results if r.metrics and "test_macro_f1" in r.metrics}
         if "best" not in by_arm:
             raise UserError(f"{out / FINAL}: the final retraining of the best configuration failed")
         table = pd.concat([search_df, final_df], ignore_index=True)
+        if "pareto" in table:  # final rows are not search trials: never on the front
+            table["pareto"] = table["pareto"].astype("boolean").fillna(False).astype(bool)
         _write_table(table, out)
         best_cfg = study.train_config(study.final.arm(best_overrides))  # as the final round trained it
         import yaml
@@ -751,7 +771,7 @@ def run_study(
             else {
                 **study.cv.model_dump(),
                 "best": _scores(by_arm["best"], "cv"),
-                "baselines": {name: _scores(m, "cv") for name, m in by_arm.items() if name != "best"},
+                "baselines": {name: _scores(m, "cv") for name, m in by_arm.items() if name in study.baselines},
                 "note": "search trials' val_* scores are these folds' out-of-fold scores",
             },
             "baselines": {
@@ -763,7 +783,7 @@ def run_study(
                     "val_pred": m.get("val_pred"),
                 }
                 for name, m in by_arm.items()
-                if name != "best"
+                if name in study.baselines
             },
             "trials": int((table["stage"] != "final").sum()),
             "trials_failed": int(((table["stage"] != "final") & (table["status"] == "ERROR")).sum()),
@@ -791,6 +811,12 @@ def run_study(
                 "cluster_gpus": cluster_resources()[1],
             },
         }
+        pareto.attach_robustness(summary, by_arm)
+        if study.objective.multi:
+            o, best_id = study.objective, str(best_r.metrics.get("trial_id"))
+            summary["pareto"] = pareto.summary_front(
+                search_df, o.metrics, o.modes, front_ids, best_id, front, front_trials, by_arm, _scores
+            )
         if study.kind == "ablation":
             summary["arms"] = {
                 r.config["arm"]: {

@@ -193,7 +193,7 @@ def run_trial(
 
     from abexrat.cv import cv_train_and_score
     from abexrat.experiment import train_and_score
-    from abexrat.study.config import Study
+    from abexrat.study.config import ROBUST_METRICS, Study
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -205,6 +205,8 @@ def run_trial(
         # a trial trains where its resources say: on its GPU share, else on its CPUs (Ray does not
         # always hide a node's GPUs from trials that asked for none)
         cfg.train.device = "cuda" if st.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
+    if not with_test and not set(st.objective.metrics) & set(ROBUST_METRICS):
+        cfg.robustness.enabled = False  # a search trial scores robustness only when the objective asks for it
     epochs = cfg.train.epochs
     limits = limits or {}
     memory_gb = limits.get("trial_memory_gb")
@@ -221,6 +223,8 @@ def run_trial(
                 "val_macro_f1": float(np.mean(rec["val_macro_f1"])),
                 "train_loss": float(np.mean(rec["train_loss"])),
             }
+            # Tune wants every objective in every result; robustness is scored once, after the last epoch
+            report.update({m: math.nan for m in st.objective.metrics if m not in report})
             with guard.quiet():
                 tune.report(report)
 
@@ -257,11 +261,17 @@ def run_trial(
     }
     for split in ("val", "test") if with_test else ("val",):
         final.update(_split_keys(scores[split], split))
+        final.update(robust_keys(scores, split))
     if "cv" in scores:
         final.update(_split_keys(scores["cv"], "cv"))
     if with_test and "val_pred" in scores:  # (S, n) classes: bootstrap intervals, paired tests in reports
         final["val_pred"] = scores["val_pred"]
         final["test_pred"] = scores["test_pred"]
+    if "robustness" in scores:
+        final["robust_s"] = scores["robustness"]["time_s"]
+    if with_test and "robustness" in scores:  # the report's robustness section (curves, bands, natural table)
+        final["robustness"] = scores["robustness"]
+        final["robustness_pred"] = {"test": scores.get("robustness_pred", {}).get("test")}
     if best_sink is not None and arm == "best":
         import ray
 
@@ -297,7 +307,7 @@ def _report_limit(st: Any, guard: TrialGuard, done: int, t0: float) -> None:
     tune.report(
         {
             "epoch": done,
-            st.objective.metric: math.nan,  # Tune needs the metric in every result; NaN is never best
+            **{m: math.nan for m in st.objective.metrics},  # Tune needs the metric in every result; NaN is never best
             "limit": kind,
             "limit_detail": detail,
             "trial_s": time.perf_counter() - t0,
@@ -364,6 +374,15 @@ def _without_batched(cfg: Any) -> dict[str, Any]:
         section, name = key.split(".")
         d[section].pop(name)
     return d
+
+
+def robust_keys(scores: dict[str, Any], split: str) -> dict[str, float]:
+    """The robustness numbers of ``split`` a study may optimize (``val_robust_macro_f1``, ...), if scored."""
+    if "robustness" not in scores:
+        return {}
+    from abexrat.robustness import flat_keys
+
+    return flat_keys(scores["robustness"], split)
 
 
 def _split_keys(scores: dict[str, Any], split: str) -> dict[str, Any]:
