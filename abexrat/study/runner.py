@@ -34,6 +34,7 @@ from abexrat.study.grouped import (
     per_configuration,
     sub_id,
 )
+from abexrat.study.storage import storage_url
 from abexrat.study.tracking import WandbTrials, log_summary, wandb_mode
 from abexrat.study.trial import LIMIT_STATUS
 
@@ -306,7 +307,7 @@ def run_search(study: Study, feats: Any, out: Path, resume: bool, mode: str, cv:
     from ray.tune.schedulers import ASHAScheduler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from ray.tune.search.optuna import OptunaSearch
+    from abexrat.study.storage import TrackedOptunaSearch
 
     searcher_log = logging.getLogger("ray.tune.search.optuna.optuna_search")
     if _quiet_nan not in searcher_log.filters:
@@ -333,11 +334,17 @@ def run_search(study: Study, feats: Any, out: Path, resume: bool, mode: str, cv:
         sampler = optuna.samplers.TPESampler(
             seed=study.seed, multivariate=True, n_startup_trials=max(3, min(10, study.budget.num_samples // 3))
         )
-        search_alg = OptunaSearch(
+        search_alg = TrackedOptunaSearch(
             space=SearchSpace({k: p.model_dump() for k, p in study.space.items()}),
             metric=metric,
             mode=mode_,
             sampler=sampler,
+            study_name=optuna_study_name(study),
+            storage=_fresh_storage(
+                study, out, restoring=resume and tune.Tuner.can_restore(str((out / SEARCH).resolve()))
+            ),
+            seeds=seeds,
+            wandb_run=None if mode == "disabled" else f"{study.name}-search-{{trial_id}}",
         )
         num_samples = total = study.budget.num_samples
         per_trial = study.budget.configs_per_trial
@@ -385,6 +392,26 @@ def run_search(study: Study, feats: Any, out: Path, resume: bool, mode: str, cv:
             run_config=_run_config(study, SEARCH, out, callbacks),
         )
     return _fit(tuner, path, trainable, callbacks, param_space=param_space or None)
+
+
+def optuna_study_name(study: Study) -> str:
+    return study.optuna.study_name or study.name
+
+
+def _fresh_storage(study: Study, out: Path, restoring: bool) -> Any:
+    """The search's Optuna storage. A search that starts anew starts a new Optuna study: a default
+    journal left by a start that never reached its first trial goes; a named storage that already
+    holds the study is an error (``--resume`` continues it)."""
+    from abexrat.study.storage import JOURNAL, check_new_study, open_storage, storage_url
+
+    url = storage_url(study.optuna, out)
+    if not restoring and not study.optuna.storage:
+        for stale in (out / JOURNAL, out / f"{JOURNAL}.lock"):
+            stale.unlink(missing_ok=True)
+    storage = open_storage(url)
+    if not restoring and study.optuna.storage:
+        check_new_study(storage, optuna_study_name(study), url)
+    return storage
 
 
 def run_final(
@@ -740,6 +767,9 @@ def run_study(
             },
             "best_val_macro_f1": float(best_r.metrics[study.objective.metric]),
             "best_run": best_run,
+            "optuna": None
+            if study.kind != "search"
+            else {"storage": storage_url(study.optuna, out), "study_name": optuna_study_name(study)},
             "seeds": list(range(study.seed, study.seed + study.final.seeds)),
             "val": _scores(by_arm["best"], "val"),
             "test": _scores(by_arm["best"], "test"),
