@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO
+from tests.test_card import check_card
 from tests.wandb_files import read_runs
 
 
@@ -129,6 +130,9 @@ def test_the_best_model_lands_as_a_run_folder_that_evaluate_and_predict_read(
     r = cli("evaluate", out / "best", tiny_dir / "test.json", "--json", tmp_path / "eval.json")
     assert r.code == 0, r.stderr
     assert json.loads((tmp_path / "eval.json").read_text())["macro_f1"] == pytest.approx(s["test"]["macro_f1"]["mean"])
+    # its model card: huggingface_hub reads it, its scores are metrics.json's, and it says how it was chosen
+    card, _ = check_card(out / "best")
+    assert "Study `tiny-search`" in card.text and "the best of 6 configurations" in card.text
     rows = json.loads((tiny_dir / "test.json").read_text())[:3]
     (tmp_path / "in.json").write_text(json.dumps(rows))
     r = cli("predict", out / "best", tmp_path / "in.json", "--jsonl")

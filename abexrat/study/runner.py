@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from abexrat.card import study_provenance
 from abexrat.errors import Interrupted, UserError
 from abexrat.io import atomic_path, write_json, write_text
 from abexrat.study.config import Study
@@ -300,8 +301,11 @@ def _quiet_nan(record: logging.LogRecord) -> bool:
     return "nan is not acceptable" not in record.getMessage()
 
 
-def run_search(study: Study, feats: Any, out: Path, resume: bool, mode: str, cv: Any = None) -> tuple[Any, list[Any]]:
-    """The search (TPE) or the ablation grid; resumable from ``out/search``."""
+def run_search(
+    study: Study, feats: Any, out: Path, resume: bool, mode: str, cv: Any = None, storage: Any = None
+) -> tuple[Any, list[Any]]:
+    """The search (TPE) or the ablation grid; resumable from ``out/search``. ``storage``: the
+    search's Optuna storage (default: :func:`search_storage`'s)."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -340,9 +344,7 @@ def run_search(study: Study, feats: Any, out: Path, resume: bool, mode: str, cv:
             mode=mode_,
             sampler=sampler,
             study_name=optuna_study_name(study),
-            storage=_fresh_storage(
-                study, out, restoring=resume and tune.Tuner.can_restore(str((out / SEARCH).resolve()))
-            ),
+            storage=storage or search_storage(study, out, resume),
             seeds=seeds,
             wandb_run=None if mode == "disabled" else f"{study.name}-search-{{trial_id}}",
         )
@@ -398,12 +400,15 @@ def optuna_study_name(study: Study) -> str:
     return study.optuna.study_name or study.name
 
 
-def _fresh_storage(study: Study, out: Path, restoring: bool) -> Any:
+def search_storage(study: Study, out: Path, resume: bool) -> Any:
     """The search's Optuna storage. A search that starts anew starts a new Optuna study: a default
     journal left by a start that never reached its first trial goes; a named storage that already
     holds the study is an error (``--resume`` continues it)."""
+    from ray import tune
+
     from abexrat.study.storage import JOURNAL, check_new_study, open_storage, storage_url
 
+    restoring = resume and tune.Tuner.can_restore(str((out / SEARCH).resolve()))
     url = storage_url(study.optuna, out)
     if not restoring and not study.optuna.storage:
         for stale in (out / JOURNAL, out / f"{JOURNAL}.lock"):
@@ -689,6 +694,7 @@ def run_study(
     else:
         ds = load_dataset(base)
         encoder = build_encoder(base)
+    storage = search_storage(study, out, resume) if study.kind == "search" else None
     mode = wandb_mode(study.tracking)
     started = connect(address, preload=TRIAL_MODULES)
     try:
@@ -708,7 +714,7 @@ def run_study(
         encode_s = time.perf_counter() - t_enc
         feats_ref = ray.put(feats)  # one copy in the object store, shared by every trial
         t_search = time.perf_counter()
-        results, cbs = run_search(study, feats_ref, out, resume, mode, cv_ref)
+        results, cbs = run_search(study, feats_ref, out, resume, mode, cv_ref, storage)
         budget = study.budget.time_budget_s
         # Tune stops every trial once the budget is spent: the ones it cut are not an interruption.
         budget_spent = budget is not None and time.perf_counter() - t_search >= budget
@@ -752,7 +758,8 @@ def run_study(
         write_text(out / "best.yaml", yaml.safe_dump(best_cfg.model_dump(mode="json"), sort_keys=False))
         best_run = None
         if not streamed:
-            best_run = _write_best_run(out, best_cfg, ds, encoder, _take(best_sink))
+            chosen = study_provenance(study, float(best_r.metrics[study.objective.metric]), len(search_df))
+            best_run = _write_best_run(out, best_cfg, ds, encoder, _take(best_sink), chosen)
         wall = time.perf_counter() - t0
         summary = {
             "study": study.name,
@@ -863,7 +870,12 @@ def _take(best_sink: Any) -> tuple[dict[str, bytes], dict[str, Any]] | None:
 
 
 def _write_best_run(
-    out: Path, best_cfg: Any, ds: Any, encoder: Any, model: tuple[dict[str, bytes], dict[str, Any]] | None
+    out: Path,
+    best_cfg: Any,
+    ds: Any,
+    encoder: Any,
+    model: tuple[dict[str, bytes], dict[str, Any]] | None,
+    chosen: str | None = None,
 ) -> str | None:
     """``out/best``: the final round's best model as an ``abexrat train`` run folder (predict and
     evaluate read it), written whole or not at all. The study's own encoder is the model's: no
@@ -880,7 +892,7 @@ def _write_best_run(
     fitted_encoder(encoder, fit_texts(ds, encoder), EmbeddingCache())  # its fitted state, from the cache
     partial = out / ".best.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    write_run(partial, best_cfg, encoder, *model)
+    write_run(partial, best_cfg, encoder, *model, chosen=chosen)
     shutil.rmtree(out / "best", ignore_errors=True)
     partial.rename(out / "best")
     return "best"
