@@ -1,5 +1,5 @@
 """The README's cluster path: a study submitted with ``ray job submit --working-dir`` to a Ray head
-started with ``ray start --head`` (the jobs CLI and the dashboard come with the ``cluster`` extra).
+started with ``ray start --head`` (the jobs CLI and the dashboard need ``ray[default]``, a dependency).
 
 The head gets its own ports on 127.0.0.1 and its own temp dir (so no other Ray on this machine is
 joined or disturbed), runs in its own process group, and is stopped by killing that group: a bare
@@ -67,7 +67,6 @@ def _stop_group(pgid: int) -> None:
 @pytest.fixture
 def ray_head(tmp_path: Path):  # noqa: ANN201
     """A ``ray start --head`` on 127.0.0.1 with a dashboard (the jobs API); yields (dashboard URL, env)."""
-    pytest.importorskip("aiohttp_cors", reason="the cluster extra (ray[default]) is not installed")
     temp = Path(tempfile.mkdtemp(prefix="rj", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     gcs, dash, client, node, obj, agent, agent_grpc, renv, metrics = _free_ports(9)
     low = random.randrange(30000, 39000)
