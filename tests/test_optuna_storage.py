@@ -61,3 +61,11 @@ def test_a_storage_that_cannot_be_opened_exits_2_naming_the_key(
     assert r.code == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "optuna.storage: nosuchdb://host/db" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_database_password_is_never_recorded() -> None:
+    from abexrat.study.storage import public_url
+
+    assert public_url("postgresql://bob:s3cret@db.example/optuna") == "postgresql://bob:***@db.example/optuna"
+    assert public_url("sqlite:////tmp/studies.db") == "sqlite:////tmp/studies.db"
+    assert public_url("/runs/x/optuna.journal") == "/runs/x/optuna.journal"

@@ -72,6 +72,9 @@ def ray_head(tmp_path: Path):  # noqa: ANN201
     low = random.randrange(30000, 39000)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env |= {"RAY_TMPDIR": str(temp), "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "RAY_AIR_NEW_OUTPUT": "0"}
+    # Ray >= 2.60 starts a head with token authentication; the jobs CLI sends the token (~/.ray/auth_token,
+    # which `ray start` writes if missing) only when told the cluster uses it, as the README says.
+    env["RAY_AUTH_MODE"] = "token"
     start = [
         str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--include-dashboard", "true",

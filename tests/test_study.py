@@ -168,6 +168,21 @@ def test_the_optuna_study_is_in_a_journal_that_optuna_reads_back(search: tuple[P
         assert runs[t.user_attrs["wandb_run"]].summary["val_macro_f1"] == pytest.approx(t.value)
 
 
+def test_the_python_api_reads_a_finished_study(search: tuple[Path, dict], tmp_path: Path) -> None:
+    import abexrat
+
+    out, s = search
+    result = abexrat.load_study_result(out)
+    assert result.summary == json.loads((out / "summary.json").read_text()) and result.name == "tiny-search"
+    pd.testing.assert_frame_equal(result.trials, pd.read_parquet(out / "trials.parquet"))
+    assert result.best.metrics == json.loads((out / "best" / "metrics.json").read_text())
+    assert result.best.predict(["dog bite assault attacked robbery"])[0] in result.best.classes
+    ot = result.optuna_study
+    assert len(ot.trials) == 6 and ot.best_value == pytest.approx(s["best_val_macro_f1"])
+    index = result.report(tmp_path / "report")
+    assert index == tmp_path / "report" / "index.html" and index.is_file()
+
+
 def test_wandb_offline_runs_equal_the_results(search: tuple[Path, dict]) -> None:
     out, s = search
     runs = read_runs(out / "wandb")

@@ -35,7 +35,7 @@ from abexrat.study.grouped import (
     per_configuration,
     sub_id,
 )
-from abexrat.study.storage import storage_url
+from abexrat.study.storage import public_url, storage_url
 from abexrat.study.tracking import WandbTrials, log_summary, wandb_mode
 from abexrat.study.trial import LIMIT_STATUS
 
@@ -396,6 +396,13 @@ def run_search(
     return _fit(tuner, path, trainable, callbacks, param_space=param_space or None)
 
 
+def _public(dumped: dict[str, Any]) -> dict[str, Any]:
+    """A study's settings as study.json keeps them: no database password."""
+    if dumped.get("optuna", {}).get("storage"):
+        dumped["optuna"]["storage"] = public_url(dumped["optuna"]["storage"])
+    return dumped
+
+
 def optuna_study_name(study: Study) -> str:
     return study.optuna.study_name or study.name
 
@@ -694,14 +701,14 @@ def run_study(
     else:
         ds = load_dataset(base)
         encoder = build_encoder(base)
-    storage = search_storage(study, out, resume) if study.kind == "search" else None
     mode = wandb_mode(study.tracking)
     started = connect(address, preload=TRIAL_MODULES)
     try:
         if started:
             _check_resources_fit(study)
+        storage = search_storage(study, out, resume) if study.kind == "search" else None
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "study.json", study.model_dump(mode="json"))
+        write_json(out / "study.json", _public(study.model_dump(mode="json")))
         t_enc = time.perf_counter()
         short = _trains_short_copies(study)
         feats = stream_features(base)[0] if streamed else featurize(ds, encoder, EmbeddingCache(), short=short)
@@ -776,7 +783,7 @@ def run_study(
             "best_run": best_run,
             "optuna": None
             if study.kind != "search"
-            else {"storage": storage_url(study.optuna, out), "study_name": optuna_study_name(study)},
+            else {"storage": public_url(storage_url(study.optuna, out)), "study_name": optuna_study_name(study)},
             "seeds": list(range(study.seed, study.seed + study.final.seeds)),
             "val": _scores(by_arm["best"], "val"),
             "test": _scores(by_arm["best"], "test"),

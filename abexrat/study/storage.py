@@ -32,6 +32,18 @@ def storage_url(settings: Any, out: Path) -> str:
     return str((out / JOURNAL).resolve())
 
 
+def public_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``: what study.json and summary.json record."""
+    if "://" not in url:
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy parses: opening it fails with a clear error anyway
+        return url
+
+
 def open_storage(url: str) -> Any:
     """An Optuna storage for ``url`` (an RDB URL, else a journal file path); a bad one is a UserError."""
     import optuna
@@ -111,4 +123,9 @@ def load(url: str, name: str) -> Any:
     """``optuna.load_study`` of a finished search's storage."""
     import optuna
 
+    if ":***@" in url:
+        raise UserError(
+            f"optuna.storage: {url}: the password is not recorded; "
+            f"optuna.load_study(study_name={name!r}, storage=<the URL with it>) loads the study"
+        )
     return optuna.load_study(study_name=name, storage=open_storage(url))
