@@ -35,7 +35,7 @@ from abexrat.study.grouped import (
     per_configuration,
     sub_id,
 )
-from abexrat.study.storage import public_url, storage_url
+from abexrat.study.storage import optuna_study_name, public_settings, public_url, search_storage, storage_url
 from abexrat.study.tracking import WandbTrials, log_summary, wandb_mode
 from abexrat.study.trial import LIMIT_STATUS
 
@@ -344,7 +344,7 @@ def run_search(
             mode=mode_,
             sampler=sampler,
             study_name=optuna_study_name(study),
-            storage=storage or search_storage(study, out, resume),
+            storage=storage or search_storage(study, out, out / SEARCH, resume),
             seeds=seeds,
             wandb_run=None if mode == "disabled" else f"{study.name}-search-{{trial_id}}",
         )
@@ -394,36 +394,6 @@ def run_search(
             run_config=_run_config(study, SEARCH, out, callbacks),
         )
     return _fit(tuner, path, trainable, callbacks, param_space=param_space or None)
-
-
-def _public(dumped: dict[str, Any]) -> dict[str, Any]:
-    """A study's settings as study.json keeps them: no database password."""
-    if dumped.get("optuna", {}).get("storage"):
-        dumped["optuna"]["storage"] = public_url(dumped["optuna"]["storage"])
-    return dumped
-
-
-def optuna_study_name(study: Study) -> str:
-    return study.optuna.study_name or study.name
-
-
-def search_storage(study: Study, out: Path, resume: bool) -> Any:
-    """The search's Optuna storage. A search that starts anew starts a new Optuna study: a default
-    journal left by a start that never reached its first trial goes; a named storage that already
-    holds the study is an error (``--resume`` continues it)."""
-    from ray import tune
-
-    from abexrat.study.storage import JOURNAL, check_new_study, open_storage, storage_url
-
-    restoring = resume and tune.Tuner.can_restore(str((out / SEARCH).resolve()))
-    url = storage_url(study.optuna, out)
-    if not restoring and not study.optuna.storage:
-        for stale in (out / JOURNAL, out / f"{JOURNAL}.lock"):
-            stale.unlink(missing_ok=True)
-    storage = open_storage(url)
-    if not restoring and study.optuna.storage:
-        check_new_study(storage, optuna_study_name(study), url)
-    return storage
 
 
 def run_final(
@@ -706,9 +676,9 @@ def run_study(
     try:
         if started:
             _check_resources_fit(study)
-        storage = search_storage(study, out, resume) if study.kind == "search" else None
+        storage = search_storage(study, out, out / SEARCH, resume) if study.kind == "search" else None
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "study.json", _public(study.model_dump(mode="json")))
+        write_json(out / "study.json", public_settings(study.model_dump(mode="json")))
         t_enc = time.perf_counter()
         short = _trains_short_copies(study)
         feats = stream_features(base)[0] if streamed else featurize(ds, encoder, EmbeddingCache(), short=short)

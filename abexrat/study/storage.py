@@ -76,6 +76,35 @@ def check_new_study(storage: Any, name: str, url: str) -> None:
         )
 
 
+def optuna_study_name(study: Any) -> str:
+    """The Optuna study's name: ``optuna.study_name``, else the study's own."""
+    return study.optuna.study_name or study.name
+
+
+def search_storage(study: Any, out: Path, search_dir: Path, resume: bool) -> Any:
+    """The search's Optuna storage. A search that starts anew (nothing in ``search_dir`` to resume)
+    starts a new Optuna study: a default journal left by a start that never reached its first trial
+    goes; a named storage that already holds the study is an error (``--resume`` continues it)."""
+    from ray import tune
+
+    restoring = resume and tune.Tuner.can_restore(str(search_dir.resolve()))
+    url = storage_url(study.optuna, out)
+    if not restoring and not study.optuna.storage:
+        for stale in (out / JOURNAL, out / f"{JOURNAL}.lock"):
+            stale.unlink(missing_ok=True)
+    storage = open_storage(url)
+    if not restoring and study.optuna.storage:
+        check_new_study(storage, optuna_study_name(study), url)
+    return storage
+
+
+def public_settings(dumped: dict[str, Any]) -> dict[str, Any]:
+    """A study's settings as study.json keeps them: no database password."""
+    if (dumped.get("optuna") or {}).get("storage"):
+        dumped["optuna"]["storage"] = public_url(dumped["optuna"]["storage"])
+    return dumped
+
+
 class TrackedOptunaSearch(OptunaSearch):
     """Ray's ``OptunaSearch`` whose Optuna trials carry where their results are: the Tune trial id
     (``trials.parquet``'s ``trial_id``), the seeds it trains and its W&B run's name.
