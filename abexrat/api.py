@@ -18,6 +18,7 @@ key or row). Nothing heavy is imported until a function runs.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,8 @@ def train_config(config: ConfigLike = None, **overrides: Any) -> Any:
     sets = _override_args(overrides)
     if config is None or isinstance(config, str | Path):
         return load_train_config(config, sets)
-    raw = config.model_dump(mode="json") if isinstance(config, TrainConfig) else dict(config)
+    # a copy: the overrides must not change the caller's dict
+    raw = config.model_dump(mode="json") if isinstance(config, TrainConfig) else copy.deepcopy(dict(config))
     return validate(TrainConfig, apply_overrides(raw, sets), "config")
 
 
