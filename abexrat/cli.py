@@ -197,8 +197,8 @@ def train(
     ] = False,
 ) -> None:
     """Train one configuration with N seeds; write metrics.json and one model per seed."""
+    from abexrat.api import train as train_run
     from abexrat.config import load_train_config
-    from abexrat.experiment import run_config
 
     overrides = list(set_ or [])
     if seeds is not None:
@@ -207,7 +207,7 @@ def train(
         overrides.append(f"data.data_dir={data_dir}")
     cfg = load_train_config(config, overrides)
     with progress() as bar:
-        m = run_config(cfg, out_dir, bar, stream=stream)
+        m = train_run(cfg, out=out_dir, progress=bar, stream=stream).metrics
     table = Table(title=f"{cfg.name}: {len(m['seeds'])} seed(s), mean ± std")
     for col in ("split", "macro-F1", "weighted-F1", "accuracy"):
         table.add_column(col, justify="right" if col != "split" else "left")
@@ -234,19 +234,6 @@ def train(
 # ---------------------------------------------------------------- evaluate / predict
 
 
-def _read_unlabeled(path: Path, text_column: str | None) -> tuple[list[str], list[str], list[dict[str, Any]]]:
-    from abexrat.data import Columns, _row_text, read_rows
-
-    rows = read_rows(path, text_field=text_column or "summary")
-    path = Path("<stdin>") if str(path) == "-" else path
-    if not rows:
-        raise UserError(f"{path}: no rows")
-    cols = Columns(text=text_column)
-    texts = [_row_text(path, i, r, cols) for i, r in enumerate(rows)]
-    ids = [str(r.get("id", r.get("idx", i))) for i, r in enumerate(rows)]
-    return ids, texts, rows
-
-
 @app.command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="a trained run folder")],
@@ -262,53 +249,27 @@ def evaluate(
     ] = False,
 ) -> None:
     """Score a run's seed models on any labeled dataset with the same classes."""
-    import numpy as np
-
-    from abexrat.data import class_index
-    from abexrat.embed import embed_texts
-    from abexrat.experiment import load_run
-    from abexrat.metrics import score, score_confusion
-    from abexrat.train import predict_proba
+    from abexrat.api import load_run, read_labeled, should_stream
 
     run = load_run(run_dir)
-    if _should_stream(data, stream):
+    if should_stream(data, stream):
         if robustness:
             raise UserError(f"{data}: --robustness scores a file held in memory, not one streamed through Ray Data")
-        from abexrat.stream import stream_confusion
-
         with out.status(f"streaming {data.name} through Ray Data"):
-            conf, n = stream_confusion(run_dir, data, len(run.classes), text_column, label_column)
-        _print_scores(run, data, n, score_confusion(conf, run.classes), json_out)
+            result = run.evaluate(data, text_column, label_column, stream=True)
+        _print_scores(result, data, json_out)
         return
-    ids, texts, rows = _read_unlabeled(data, text_column)
-    index = {c: k for k, c in enumerate(run.classes)}
-    y = [class_index(data, f"row {i}", r, label_column, index) for i, r in enumerate(rows)]
+    texts, y = read_labeled(data, text_column, label_column, run.classes)
     with progress() as bar:
-        X = embed_texts(run.encoder, texts, progress=bar.task("encoding", len(texts)))
-    s = score(np.asarray(y), predict_proba(run.model, X).argmax(-1), run.classes)
-    if robustness:
-        from abexrat.robustness import evaluate_run
-
-        with out.status("scoring robustness"):
-            s["robustness"] = evaluate_run(run, X, np.asarray(y), texts)
-    _print_scores(run, data, len(texts), s, json_out)
+        s = run.score(texts, y, progress=bar, robustness=robustness)
+    _print_scores(run.result(data, len(texts), s), data, json_out)
 
 
-def _print_scores(run: Any, data: Path, n: int, s: dict[str, Any], json_out: Path | None) -> None:
+def _print_scores(result: dict[str, Any], data: Path, json_out: Path | None) -> None:
     from abexrat.io import write_json
 
-    result = {
-        "run": str(run.folder),
-        "data": str(data),
-        "n": n,
-        "seeds": run.seeds,
-        **{k: s[k]["mean"] for k in ("macro_f1", "weighted_f1", "accuracy")},
-        "std": {k: s[k]["std"] for k in ("macro_f1", "weighted_f1", "accuracy")},
-        "per_class": {
-            c: {k: v["mean"] if isinstance(v, dict) else v for k, v in d.items()} for c, d in s["per_class"].items()
-        },
-    }
-    table = Table(title=f"{data.name}: {n} reports, mean over {len(run.seeds)} seed(s)")
+    n = result["n"]
+    table = Table(title=f"{data.name}: {n} reports, mean over {len(result['seeds'])} seed(s)")
     for col in ("class", "precision", "recall", "F1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for c, d in result["per_class"].items():
@@ -318,11 +279,10 @@ def _print_scores(run: Any, data: Path, n: int, s: dict[str, Any], json_out: Pat
         f"macro-F1 {_pct(result['macro_f1'])}  weighted-F1 {_pct(result['weighted_f1'])}  "
         f"accuracy {_pct(result['accuracy'])}"
     )
-    if "robustness" in s:
+    if "robustness" in result:
         from abexrat.robustness import print_block
 
-        result["robustness"] = s["robustness"]
-        print_block(out, s["robustness"])
+        print_block(out, result["robustness"])
     if json_out:
         write_json(json_out, result)
 
@@ -344,28 +304,19 @@ def predict(
     stream: StreamFlag = False,
 ) -> None:
     """Print a label and class probabilities (mean over the run's seeds) for each report."""
-    from abexrat.embed import embed_texts
-    from abexrat.experiment import load_run
-    from abexrat.train import predict_proba
+    from abexrat.api import load_run, read_reports, should_stream
 
     run = load_run(run_dir)
     if stream and str(input_file) == "-":
         raise UserError("--stream reads a file; standard input (-) is read whole")
-    if _should_stream(input_file, stream):
+    if should_stream(input_file, stream):
         from abexrat.stream import scored_batches
 
         for b in scored_batches(run_dir, input_file, text_column):
             _print_predictions(run.classes, [str(i) for i in b["id"]], b["proba"], json_lines)
         return
-    ids, texts, _ = _read_unlabeled(input_file, text_column)
-    X = embed_texts(run.encoder, texts)
-    _print_predictions(run.classes, ids, predict_proba(run.model, X).mean(0), json_lines)
-
-
-def _should_stream(path: Path, asked: bool) -> bool:
-    from abexrat.data import fits_in_memory
-
-    return asked or (path.is_file() and not fits_in_memory(path))
+    ids, texts, _ = read_reports(input_file, text_column)
+    _print_predictions(run.classes, ids, run.predict_proba(texts), json_lines)
 
 
 def _print_predictions(classes: list[str], ids: list[str], proba: Any, json_lines: bool) -> None:
@@ -394,25 +345,16 @@ def study_run(
     no_report: Annotated[bool, typer.Option("--no-report", help="do not write STUDY_DIR/report")] = False,
 ) -> None:
     """Run a search or an ablation, retrain the best with K seeds, score it once on test."""
-    from abexrat.study.config import check_name, load_study
-    from abexrat.study.runner import run_study
+    from abexrat.study_api import study
 
-    study = load_study(study_file)
-    if name:
-        study = study.model_copy(update={"name": check_name(name)})
-    folder = out_dir or Path("runs") / study.name
-    s = run_study(
-        study,
-        folder,
-        address=address,
-        resume=resume,
-        data_dir=str(data_dir) if data_dir else None,
-        report=not no_report,
+    result = study(
+        study_file, out=out_dir, address=address, resume=resume, name=name, data_dir=data_dir, report=not no_report
     )
+    s, folder = result.summary, result.folder
     b = s["best_config"]
     stopped = {"TIMEOUT": "past trial_time_s", "OOM": "past trial_memory_gb", "BUDGET": "cut by time_budget_s"}
     why = ", ".join(f"{n} {stopped[k]}" for k, n in s.get("trials_stopped", {}).items() if n and k in stopped)
-    out.print(f"[bold]{study.name}[/]: {s['trials']} trials{f' ({why})' if why else ''} in {s['wall_s']:.0f} s")
+    out.print(f"[bold]{result.name}[/]: {s['trials']} trials{f' ({why})' if why else ''} in {s['wall_s']:.0f} s")
     out.print(
         f"best: method={b['method']} eps={b['eps']:.3g} p={b['p']:.3g} r={b['aug_ratio']:.3g}  "
         f"val macro-F1 {_pct(s['best_val_macro_f1'])} (search), "

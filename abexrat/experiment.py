@@ -294,13 +294,24 @@ def save_run(
     write_run(out, cfg, enc, model_files(result, classes, enc.key), metrics)
 
 
-def write_run(out: Path, cfg: TrainConfig, enc: Encoder, files: dict[str, bytes], metrics: dict[str, Any]) -> None:
-    """A run folder from its parts (``files``: :func:`model_files`); metrics.json last."""
+def write_run(
+    out: Path,
+    cfg: TrainConfig,
+    enc: Encoder,
+    files: dict[str, bytes],
+    metrics: dict[str, Any],
+    chosen: str | None = None,
+) -> None:
+    """A run folder from its parts (``files``: :func:`model_files`), its model card (README.md;
+    ``chosen``: how a study chose its config), metrics.json last."""
+    from abexrat.card import model_card
+
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     save_encoder(enc, out / "encoder")
     for name, data in files.items():
         write_bytes(out / name, data)
+    write_text(out / "README.md", model_card(cfg, metrics, chosen))
     write_json(out / "metrics.json", metrics)
 
 

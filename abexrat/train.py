@@ -380,3 +380,10 @@ def predict_proba(model: EnsembleMLP, X: np.ndarray, chunk: int = 8192) -> np.nd
     if model.group > 1:
         proba = proba.view(model.n_seeds, model.group, *proba.shape[1:]).mean(1)
     return proba.numpy()
+
+
+# ``abexrat.train(config, **overrides)`` is the API's train (this module stays the training loop).
+from abexrat._callable import make_callable  # noqa: E402
+from abexrat.api import train as _train  # noqa: E402
+
+make_callable(__name__, _train)

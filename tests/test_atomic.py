@@ -64,6 +64,10 @@ def _check_run_folder(out: Path, old: dict[str, str]) -> tuple[int, int, int]:
             TrainConfig.model_validate(yaml.safe_load(path.read_text()))
         elif rel == "encoder/encoder.json":
             assert {"spec", "key", "dim"} <= set(json.loads(path.read_text()))
+        elif rel == "README.md":  # the model card, whole: huggingface_hub parses its front matter
+            from huggingface_hub import ModelCard
+
+            assert ModelCard.load(path).data.eval_results, rel
         elif rel.endswith(".safetensors"):
             assert load_file(str(path)), rel
         elif re.fullmatch(r"models/seed-\d+/model\.json", rel):

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO
+from tests.test_card import check_card
 from tests.wandb_files import read_runs
 
 
@@ -130,11 +131,57 @@ def test_the_best_model_lands_as_a_run_folder_that_evaluate_and_predict_read(
     r = cli("evaluate", out / "best", tiny_dir / "test.json", "--json", tmp_path / "eval.json")
     assert r.code == 0, r.stderr
     assert json.loads((tmp_path / "eval.json").read_text())["macro_f1"] == pytest.approx(s["test"]["macro_f1"]["mean"])
+    # its model card: huggingface_hub reads it, its scores are metrics.json's, and it says how it was chosen
+    card, _ = check_card(out / "best")
+    assert "Study `tiny-search`" in card.text and "the best of 6 configurations" in card.text
     rows = json.loads((tiny_dir / "test.json").read_text())[:3]
     (tmp_path / "in.json").write_text(json.dumps(rows))
     r = cli("predict", out / "best", tmp_path / "in.json", "--jsonl")
     assert r.code == 0, r.stderr
     assert len(r.stdout.splitlines()) == 3
+
+
+def test_the_optuna_study_is_in_a_journal_that_optuna_reads_back(search: tuple[Path, dict]) -> None:
+    """The search's Optuna study lives in DIR/optuna.journal: optuna.load_study returns every trial
+    with trials.parquet's values and parameters, and user attributes that point back at it."""
+    import optuna
+
+    out, s = search
+    assert s["optuna"] == {"storage": str((out / "optuna.journal").resolve()), "study_name": "tiny-search"}
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(s["optuna"]["storage"]))
+    ot = optuna.load_study(study_name="tiny-search", storage=storage)
+    trials = ot.get_trials()
+    assert len(trials) == 6 and {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}
+    rows = pd.read_parquet(out / "trials.parquet").query("stage == 'search'").set_index("trial_id")
+    assert sorted(t.user_attrs["trial_id"] for t in trials) == sorted(rows.index)
+    for t in trials:
+        row = rows.loc[t.user_attrs["trial_id"]]
+        assert t.value == pytest.approx(row["val_macro_f1"])
+        assert t.params["adversarial.eps"] == pytest.approx(row["param:adversarial.eps"])
+        assert t.params["model.hidden"] == row["param:model.hidden"]
+        assert t.user_attrs["seeds"] == [0, 1]
+        assert t.user_attrs["wandb_run"] == f"tiny-search-search-{t.user_attrs['trial_id']}"
+        assert sorted(t.intermediate_values) == [1, 2, 3, 4]  # one report per epoch
+    assert ot.best_value == pytest.approx(s["best_val_macro_f1"])
+    # the W&B run each trial names exists, with that trial's score
+    runs = {r.name: r for r in read_runs(out / "wandb") if r.job_type == "search"}
+    for t in trials:
+        assert runs[t.user_attrs["wandb_run"]].summary["val_macro_f1"] == pytest.approx(t.value)
+
+
+def test_the_python_api_reads_a_finished_study(search: tuple[Path, dict], tmp_path: Path) -> None:
+    import abexrat
+
+    out, s = search
+    result = abexrat.load_study_result(out)
+    assert result.summary == json.loads((out / "summary.json").read_text()) and result.name == "tiny-search"
+    pd.testing.assert_frame_equal(result.trials, pd.read_parquet(out / "trials.parquet"))
+    assert result.best.metrics == json.loads((out / "best" / "metrics.json").read_text())
+    assert result.best.predict(["dog bite assault attacked robbery"])[0] in result.best.classes
+    ot = result.optuna_study
+    assert len(ot.trials) == 6 and ot.best_value == pytest.approx(s["best_val_macro_f1"])
+    index = result.report(tmp_path / "report")
+    assert index == tmp_path / "report" / "index.html" and index.is_file()
 
 
 def test_wandb_offline_runs_equal_the_results(search: tuple[Path, dict]) -> None:
@@ -320,6 +367,16 @@ final: {seeds: 1}
         assert _rows(out / "search", t) == rows == 400
     runs = [r for r in read_runs(out / "wandb") if r.job_type == "search"]
     assert sorted(r.config["trial_id"] for r in runs) == sorted(after)  # one W&B run per trial, none twice
+    # the resumed search went on in the same Optuna study: each trial told once, none left running
+    import optuna
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "optuna.journal")))
+    ot = optuna.load_study(study_name="tiny-resume", storage=storage)
+    done = [t for t in ot.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(t.user_attrs["trial_id"] for t in done) == sorted(after)
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in ot.get_trials())
+    table = pd.read_parquet(out / "trials.parquet").query("stage == 'search'").set_index("trial_id")
+    assert {t.user_attrs["trial_id"]: t.value for t in done} == pytest.approx(table["val_macro_f1"].to_dict())
 
 
 def _rows(search_dir: Path, trial_id: str) -> int:
@@ -538,6 +595,13 @@ final: {seeds: 2}
         assert [h["epoch"] for h in r.history] == [1, 2, 3, 4]
         assert r.history[-1]["val_macro_f1"] == pytest.approx(row["val_macro_f1"])
         assert r.summary["val_macro_f1"] == pytest.approx(row["val_macro_f1"])
+    # Optuna has one trial per configuration, named by its trials.parquet row
+    import optuna
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(s["optuna"]["storage"]))
+    ot = optuna.load_study(study_name="tiny-grouped", storage=storage)
+    values = {t.user_attrs["trial_id"]: t.value for t in ot.get_trials()}
+    assert values == pytest.approx(searched.set_index("trial_id")["val_macro_f1"].to_dict())
     # the report reads the study as any other: one point per configuration
     r = cli("report", out, "--out", tmp_path / "report")
     assert r.code == 0, r.stderr

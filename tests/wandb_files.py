@@ -50,6 +50,7 @@ class OfflineRun:
     folder: Path
     config: dict[str, Any] = field(default_factory=dict)
     group: str = ""
+    name: str = ""  # the run's display name
     job_type: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
@@ -64,7 +65,7 @@ def read_run(folder: Path) -> OfflineRun:
     for rec in records(next(folder.glob("run-*.wandb"))):
         kind = rec.WhichOneof("record_type")
         if kind == "run":
-            run.group, run.job_type = rec.run.run_group, rec.run.job_type
+            run.group, run.job_type, run.name = rec.run.run_group, rec.run.job_type, rec.run.display_name
             for item in rec.run.config.update:
                 run.config[item.key] = json.loads(item.value_json)
         elif kind == "config":

@@ -140,6 +140,18 @@ class Tracking(Strict):
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
 
 
+class OptunaStorage(Strict):
+    """Where a search keeps its Optuna study (``optuna-dashboard`` and ``optuna.load_study`` read it).
+
+    ``storage``: an RDB URL (``sqlite:///studies.db``, ``postgresql://user@host/db``, ``mysql://...``)
+    or a journal file path; by default ``optuna.journal`` in the study folder. ``study_name``: the
+    Optuna study's name (default: the study's ``name``).
+    """
+
+    storage: str | None = Field(None, min_length=1, max_length=4096)
+    study_name: str | None = Field(None, min_length=1, max_length=512)
+
+
 class Limits(Strict):
     """Per-trial limits: a trial past one is stopped, marked (TIMEOUT / OOM in trials.parquet), never
     chosen as best, and the study goes on.
@@ -249,6 +261,7 @@ class Study(Strict):
     final: Final = Field(default_factory=Final)
     baselines: dict[str, dict[str, Any]] = Field(default_factory=dict, max_length=100)
     tracking: Tracking = Field(default_factory=Tracking)
+    optuna: OptunaStorage = Field(default_factory=OptunaStorage)
     max_failures: int = Field(3, ge=0, le=100)
     limits: Limits = Field(default_factory=Limits)
     cv: CrossValidation | None = Field(None, description="select on k-fold cross-validation instead of val")

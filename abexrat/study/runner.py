@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from abexrat.card import study_provenance
 from abexrat.errors import Interrupted, UserError
 from abexrat.io import atomic_path, write_json, write_text
 from abexrat.study.config import Study
@@ -34,6 +35,7 @@ from abexrat.study.grouped import (
     per_configuration,
     sub_id,
 )
+from abexrat.study.storage import optuna_study_name, public_settings, public_url, search_storage, storage_url
 from abexrat.study.tracking import WandbTrials, log_summary, wandb_mode
 from abexrat.study.trial import LIMIT_STATUS
 
@@ -299,14 +301,17 @@ def _quiet_nan(record: logging.LogRecord) -> bool:
     return "nan is not acceptable" not in record.getMessage()
 
 
-def run_search(study: Study, feats: Any, out: Path, resume: bool, mode: str, cv: Any = None) -> tuple[Any, list[Any]]:
-    """The search (TPE) or the ablation grid; resumable from ``out/search``."""
+def run_search(
+    study: Study, feats: Any, out: Path, resume: bool, mode: str, cv: Any = None, storage: Any = None
+) -> tuple[Any, list[Any]]:
+    """The search (TPE) or the ablation grid; resumable from ``out/search``. ``storage``: the
+    search's Optuna storage (default: :func:`search_storage`'s)."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from ray.tune.search.optuna import OptunaSearch
+    from abexrat.study.storage import TrackedOptunaSearch
 
     searcher_log = logging.getLogger("ray.tune.search.optuna.optuna_search")
     if _quiet_nan not in searcher_log.filters:
@@ -334,11 +339,15 @@ def run_search(study: Study, feats: Any, out: Path, resume: bool, mode: str, cv:
             seed=study.seed, multivariate=True, n_startup_trials=max(3, min(10, study.budget.num_samples // 3))
         )
         obj = study.objective
-        search_alg = OptunaSearch(  # several objectives: multi-objective TPE over all of them
+        search_alg = TrackedOptunaSearch(  # several objectives: multi-objective TPE over all of them
             space=SearchSpace({k: p.model_dump() for k, p in study.space.items()}),
             metric=obj.metrics if obj.multi else metric,
             mode=obj.modes if obj.multi else mode_,
             sampler=sampler,
+            study_name=optuna_study_name(study),
+            storage=storage or search_storage(study, out, out / SEARCH, resume),
+            seeds=seeds,
+            wandb_run=None if mode == "disabled" else f"{study.name}-search-{{trial_id}}",
         )
         num_samples = total = study.budget.num_samples
         per_trial = study.budget.configs_per_trial
@@ -678,8 +687,9 @@ def run_study(
     try:
         if started:
             _check_resources_fit(study)
+        storage = search_storage(study, out, out / SEARCH, resume) if study.kind == "search" else None
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "study.json", study.model_dump(mode="json"))
+        write_json(out / "study.json", public_settings(study.model_dump(mode="json")))
         t_enc = time.perf_counter()
         short = _trains_short_copies(study)
         feats = stream_features(base)[0] if streamed else featurize(ds, encoder, EmbeddingCache(), short=short)
@@ -696,7 +706,7 @@ def run_study(
         encode_s = time.perf_counter() - t_enc
         feats_ref = ray.put(feats)  # one copy in the object store, shared by every trial
         t_search = time.perf_counter()
-        results, cbs = run_search(study, feats_ref, out, resume, mode, cv_ref)
+        results, cbs = run_search(study, feats_ref, out, resume, mode, cv_ref, storage)
         budget = study.budget.time_budget_s
         # Tune stops every trial once the budget is spent: the ones it cut are not an interruption.
         budget_spent = budget is not None and time.perf_counter() - t_search >= budget
@@ -745,7 +755,8 @@ def run_study(
         write_text(out / "best.yaml", yaml.safe_dump(best_cfg.model_dump(mode="json"), sort_keys=False))
         best_run = None
         if not streamed:
-            best_run = _write_best_run(out, best_cfg, ds, encoder, _take(best_sink))
+            chosen = study_provenance(study, float(best_r.metrics[study.objective.metric]), len(search_df))
+            best_run = _write_best_run(out, best_cfg, ds, encoder, _take(best_sink), chosen)
         wall = time.perf_counter() - t0
         summary = {
             "study": study.name,
@@ -760,6 +771,9 @@ def run_study(
             },
             "best_val_macro_f1": float(best_r.metrics[study.objective.metric]),
             "best_run": best_run,
+            "optuna": None
+            if study.kind != "search"
+            else {"storage": public_url(storage_url(study.optuna, out)), "study_name": optuna_study_name(study)},
             "seeds": list(range(study.seed, study.seed + study.final.seeds)),
             "val": _scores(by_arm["best"], "val"),
             "test": _scores(by_arm["best"], "test"),
@@ -859,7 +873,12 @@ def _take(best_sink: Any) -> tuple[dict[str, bytes], dict[str, Any]] | None:
 
 
 def _write_best_run(
-    out: Path, best_cfg: Any, ds: Any, encoder: Any, model: tuple[dict[str, bytes], dict[str, Any]] | None
+    out: Path,
+    best_cfg: Any,
+    ds: Any,
+    encoder: Any,
+    model: tuple[dict[str, bytes], dict[str, Any]] | None,
+    chosen: str | None = None,
 ) -> str | None:
     """``out/best``: the final round's best model as an ``abexrat train`` run folder (predict and
     evaluate read it), written whole or not at all. The study's own encoder is the model's: no
@@ -876,7 +895,7 @@ def _write_best_run(
     fitted_encoder(encoder, fit_texts(ds, encoder), EmbeddingCache())  # its fitted state, from the cache
     partial = out / ".best.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    write_run(partial, best_cfg, encoder, *model)
+    write_run(partial, best_cfg, encoder, *model, chosen=chosen)
     shutil.rmtree(out / "best", ignore_errors=True)
     partial.rename(out / "best")
     return "best"

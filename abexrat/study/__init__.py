@@ -1,0 +1,10 @@
+"""Studies: search spaces, trials, tracking and the runner (``abexrat study run``).
+
+The package is also callable: ``abexrat.study(path, **options)`` runs a study and returns a
+:class:`abexrat.study_api.StudyResult` (see :func:`abexrat.study_api.study`).
+"""
+
+from abexrat._callable import make_callable
+from abexrat.study_api import study as _study
+
+make_callable(__name__, _study)
