@@ -99,8 +99,12 @@ def live_actors() -> list[dict[str, Any]]:
 
 
 def trial_actor(pid: int) -> dict[str, Any] | None:
-    """The ALIVE Tune trial actor (``ImplicitFunc``) whose worker process is ``pid``, if any."""
-    return next((a for a in live_actors() if a.get("Pid") == pid and a.get("ActorClassName") == "ImplicitFunc"), None)
+    """The ALIVE Tune trial actor (a function trainable's ``ImplicitFunc``, which Ray may name
+    ``wrap_function.<locals>.ImplicitFunc``) whose worker process is ``pid``, if any."""
+    return next(
+        (a for a in live_actors() if a.get("Pid") == pid and str(a.get("ActorClassName")).endswith("ImplicitFunc")),
+        None,
+    )
 
 
 def hit_trials(out: Path, killed_pids: set[int]) -> dict[str, int]:

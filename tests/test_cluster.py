@@ -22,6 +22,7 @@ from tests.faults import KILLS, check_recovered, hit_trials, live_actors, runnin
 from tests.test_study import study_file
 
 N_TRIALS = 6
+SEEN: list[Any] = []  # the running trials and live actors the killer last saw
 EPOCHS = 60  # a trial trains for seconds
 STUDY = f"""
 space:
@@ -47,17 +48,20 @@ def _kill_a_running_trial(out: Path, kill: Callable[[dict[str, Any]], set[int]],
     ``report`` waits until the driver has taken the previous result."""
     deadline = time.time() + 300
     while time.time() < deadline:
-        for _trial_id, pid, _epoch in running_trials(out / "search"):
+        running = running_trials(out / "search")
+        for _trial_id, pid, _epoch in running:
             actor = trial_actor(pid)
             if actor is not None and (pids := kill(actor)):
                 killed.update(pids)
                 return
+        if running:  # what the killer saw, should it find nothing to kill
+            SEEN[:] = [running, [(a.get("Pid"), a.get("ActorClassName")) for a in live_actors()]]
         time.sleep(0.1)
 
 
 def _hits(out: Path, killed: set[int]) -> dict[str, int]:
     """The trials a kill caught mid-attempt (read back from result.json, not from what the killer saw)."""
-    assert killed, "the killer found no trial running in a Tune actor"
+    assert killed, f"the killer found no trial running in a Tune actor (it last saw {SEEN})"
     victims = hit_trials(out, killed)
     assert victims, f"no kill hit a running trial (killed processes {sorted(killed)})"
     return victims
