@@ -98,13 +98,15 @@ def live_actors() -> list[dict[str, Any]]:
     return [a for a in table.values() if a.get("State") == "ALIVE"]
 
 
+def is_trial_actor(actor: dict[str, Any]) -> bool:
+    """Whether an actor is a Tune trial's: a function trainable's ``ImplicitFunc`` (which Ray may
+    name ``wrap_function.<locals>.ImplicitFunc``)."""
+    return str(actor.get("ActorClassName")).endswith("ImplicitFunc")
+
+
 def trial_actor(pid: int) -> dict[str, Any] | None:
-    """The ALIVE Tune trial actor (a function trainable's ``ImplicitFunc``, which Ray may name
-    ``wrap_function.<locals>.ImplicitFunc``) whose worker process is ``pid``, if any."""
-    return next(
-        (a for a in live_actors() if a.get("Pid") == pid and str(a.get("ActorClassName")).endswith("ImplicitFunc")),
-        None,
-    )
+    """The ALIVE Tune trial actor whose worker process is ``pid``, if any."""
+    return next((a for a in live_actors() if a.get("Pid") == pid and is_trial_actor(a)), None)
 
 
 def hit_trials(out: Path, killed_pids: set[int]) -> dict[str, int]:

@@ -1,9 +1,9 @@
 """Soak: ~100 tiny trials on a simulated 3-node cluster while worker nodes are killed at random.
 
 A head that runs no trial (the driver's node; it must live) + 2 workers with 1 CPU each, on this
-machine. Every ``KILL_EVERY_S`` seconds a background thread SIGKILLs a random worker node among those
-hosting a running trial's actor (read from Ray's actor table; a node that hosts none yet is spared,
-since killing it could not show anything) and adds a fresh one. Afterwards, by counting
+machine. Every ``KILL_EVERY_S`` seconds a background thread waits for a worker node hosting a running trial's
+actor (read from Ray's actor table; a node that hosts none yet is spared, since killing it could not
+show anything), SIGKILLs one such node at random and adds a fresh one. Afterwards, by counting
 (``tests/faults.py``): at least ``MIN_HITS`` trials were caught mid-attempt by a kill, each of them ran
 again and finished, every trial finished exactly once, each has one row in trials.parquet and one W&B
 run (offline). ``SOAK`` holds the figures (printed); how long the soak takes is the machine's
@@ -33,9 +33,9 @@ from tests.faults import (
     attempts,
     check_recovered,
     hit_trials,
+    is_trial_actor,
     live_actors,
     running_trials,
-    trial_actor,
     trial_dirs,
 )
 from tests.test_study import study_file
@@ -131,23 +131,25 @@ max_failures: 100
     rng = random.Random(7)
     stop = threading.Event()
     kills: list[float] = []
-    waits = 0  # rounds in which no worker node hosted a running trial
+    waits = 0  # polls that found no worker node hosting a running trial
     killed: set[int] = set()  # the pids of the actors on the killed nodes
     errors: list[str] = []
 
     def busy_workers() -> list[int]:
         """The worker nodes hosting the actor of a trial that is running now."""
-        actors = [trial_actor(pid) for _, pid, _ in running_trials(out / "search")]
-        nodes = {a["Address"]["NodeID"] for a in actors if a is not None}
-        return [i for i, w in enumerate(workers) if w.node_id in nodes]
+        pids = {pid for _, pid, _ in running_trials(out / "search")}
+        nodes = {a["Address"]["NodeID"] for a in live_actors() if a["Pid"] in pids and is_trial_actor(a)}
+        return [i for i, w in enumerate(workers) if w.node_id in nodes] if pids else []
 
     def chaos() -> None:
         nonlocal waits
         while not stop.wait(KILL_EVERY_S):
             try:
                 busy = busy_workers()
-                if not busy:
+                while not busy and not stop.wait(0.2):  # until a trial runs on a worker node
                     waits += 1
+                    busy = busy_workers()
+                if not busy:
                     continue
                 victim = workers.pop(rng.choice(busy))
                 on_node = {a["Pid"] for a in live_actors() if a["Address"]["NodeID"] == victim.node_id}
@@ -178,7 +180,7 @@ max_failures: 100
     SOAK.update(
         trials=N_TRIALS,
         kills=len(kills),
-        rounds_without_a_busy_node=waits,
+        polls_without_a_busy_node=waits,
         kill_every_s=KILL_EVERY_S,
         trials_hit=len(hits),
         trial_restarts=len(summary["trial_restarts"]),
@@ -190,7 +192,7 @@ max_failures: 100
     )
     print(
         f"\nsoak: {N_TRIALS} trials, {len(kills)} worker nodes hosting a running trial killed (at most "
-        f"every {KILL_EVERY_S:g} s; {waits} rounds found none), {len(hits)} trials caught mid-attempt, "
+        f"every {KILL_EVERY_S:g} s; {waits} polls found none), {len(hits)} trials caught mid-attempt, "
         f"{SOAK['trial_restarts']} trials run again ({SOAK['failed_attempts']} failed attempts), "
         f"trials ran in {len(actors)} actor processes, study {wall:.0f} s "
         f"({SOAK['total_s']:.0f} s with the cluster's start, W&B thread busy {SOAK['wandb_busy_s']:.0f} s)"
