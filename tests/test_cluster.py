@@ -143,3 +143,23 @@ def test_study_survives_a_trial_process_killed_with_sigkill(tmp_path: Path, tiny
     restart = next(r for r in summary["trial_restarts"] if r["trial_id"] in victims)
     assert restart["stage"] == "search" and restart["rows"] == list(victims) and restart["last_error"]
     assert int(table.loc[table["trial_id"].isin(list(victims)), "failed_attempts"].iloc[0]) == 1
+
+
+def test_a_restart_record_names_the_last_failure(tmp_path: Path) -> None:
+    """summary.json's ``last_error``: the first line of the last of the failures Tune appended to the
+    trial's error.txt."""
+    from types import SimpleNamespace
+
+    from abexrat.study.restarts import failed_attempts, last_error
+
+    error = tmp_path / "error.txt"
+    error.write_text(
+        "Failure # 1 (occurred at 2026-12-02_23-32-21)\nThe actor 4bf7 is unavailable: Socket closed\n"
+        "Failure # 2 (occurred at 2026-12-02_23-33-02)\n\nThe actor died unexpectedly before finishing this task.\n"
+        "\tclass_name: ImplicitFunc\n"
+    )
+    trial = SimpleNamespace(num_failures=2, error_file=str(error))
+    assert failed_attempts(trial) == 2
+    assert last_error(trial) == "The actor died unexpectedly before finishing this task."
+    assert last_error(SimpleNamespace(error_file=None)) is None and failed_attempts(SimpleNamespace()) == 0
+    assert last_error(SimpleNamespace(error_file=str(tmp_path / "gone.txt"))) is None
