@@ -711,8 +711,10 @@ def run_study(
 
         from abexrat.study.trial import BestModelSink
 
-        # On the driver's node: a worker node that dies must not take the best model with it.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        # On the driver's node: a worker node that dies must not take the best model with it. Not
+        # soft: Ray would spill it to any node, even one killed moments ago that the GCS still
+        # counts alive (seen when a worker node is SIGKILLed during the search).
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         best_sink = ray.remote(num_cpus=0, scheduling_strategy=here)(BestModelSink).remote()
         final_results, fcbs = run_final(study, feats_ref, out, best_overrides, mode, resume, cv_ref, best_sink)
         _check_interrupted(final_results, 1 + len(study.baselines), out)
