@@ -49,7 +49,8 @@ def test_time_limit_is_noticed_between_epochs_and_forced_within_one() -> None:
     with pytest.raises(TrialLimitExceeded), TrialGuard(0.2, None, poll_s=0.05, grace_s=0.3, kill_after_s=None):
         while time.perf_counter() - t0 < 20:
             sum(range(1000))
-    assert time.perf_counter() - t0 < 5
+    # interrupted: the loop's own end is 20 s away (the margin is for loaded machines; it takes ~0.5 s)
+    assert time.perf_counter() - t0 < 15
 
 
 def test_no_interrupt_while_reporting() -> None:
@@ -123,8 +124,9 @@ def test_slow_trials_are_stopped_and_marked_and_the_study_goes_on(
     assert len(slow) >= 1 and len(fast) >= 1, search[["param:train.epochs", "status"]]
     assert (slow["status"] == "TIMEOUT").all() and slow["val_macro_f1"].isna().all()
     assert (fast["status"] == "TERMINATED").all() and fast["val_macro_f1"].notna().all()
-    # each slow trial stopped near its 3 s limit (one epoch is milliseconds), far from 5000 epochs
-    assert (slow["trial_s"] < 3 + 5).all() and (slow["epoch"] < 5000).all()
+    # each slow trial stopped at its 3 s limit (one epoch is milliseconds), far from 5000 epochs; the
+    # 20 s over the limit are a margin for loaded machines, not a speed claim
+    assert (slow["trial_s"] < 3 + 20).all() and (slow["epoch"] < 5000).all()
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["trials"] == 6 and on_disk["trials_failed"] == 0
     assert on_disk["trials_stopped"] == {"TIMEOUT": len(slow), "OOM": 0, "BUDGET": 0}

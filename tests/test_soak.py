@@ -1,13 +1,16 @@
-"""Soak: ~200 tiny trials on a simulated 3-node cluster while worker nodes are killed at random.
+"""Soak: ~100 tiny trials on a simulated 3-node cluster while worker nodes are killed at random.
 
-Head + 2 workers (1 CPU each) on this machine. A background thread SIGKILLs a random worker node
-every ``KILL_EVERY_S`` seconds (one holding a trial when there is one) and adds a fresh one. Every
-trial must end, the results table must be complete, and no trial id may appear twice. ``SOAK``
-holds the figures (printed).
+A head that runs no trial (the driver's node; it must live) + 2 workers with 1 CPU each, on this
+machine. Every ``KILL_EVERY_S`` seconds a background thread waits for a worker node hosting a running trial's
+actor (read from Ray's actor table; a node that hosts none yet is spared, since killing it could not
+show anything), SIGKILLs one such node at random and adds a fresh one. Afterwards, by counting
+(``tests/faults.py``): at least ``MIN_HITS`` trials were caught mid-attempt by a kill, each of them ran
+again and finished, every trial finished exactly once, each has one row in trials.parquet and one W&B
+run (offline). ``SOAK`` holds the figures (printed); how long the soak takes is the machine's
+business, not an assert.
 
-Bounded: ``ABEXRAT_SOAK_TRIALS`` (default 200) and ``ABEXRAT_SOAK_KILL_EVERY_S`` (default 8: a fresh
-node needs about that long on 2 cores before its first trial runs; killing faster only ever hits nodes
-still starting up, so no trial would die).
+Bounded: ``ABEXRAT_SOAK_TRIALS`` (default 100), ``ABEXRAT_SOAK_KILL_EVERY_S`` (default 8: the least
+time between two kills) and ``ABEXRAT_SOAK_MIN_HITS`` (default 3).
 """
 
 from __future__ import annotations
@@ -19,18 +22,27 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
+from tests.faults import (
+    KILLS,
+    attempts,
+    check_recovered,
+    hit_trials,
+    is_trial_actor,
+    live_actors,
+    running_trials,
+    trial_dirs,
+)
 from tests.test_study import study_file
 
-N_TRIALS = int(os.environ.get("ABEXRAT_SOAK_TRIALS", "200"))
+N_TRIALS = int(os.environ.get("ABEXRAT_SOAK_TRIALS", "100"))
 KILL_EVERY_S = float(os.environ.get("ABEXRAT_SOAK_KILL_EVERY_S", "8"))
-BUDGET_S = 240.0
+MIN_HITS = int(os.environ.get("ABEXRAT_SOAK_MIN_HITS", "3"))
 SOAK: dict[str, Any] = {}
 
 
@@ -79,7 +91,6 @@ def test_soak_trials_survive_worker_nodes_killed_at_random(
     tmp_path: Path, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import ray
-    from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
     from abexrat.study.config import load_study
@@ -98,7 +109,7 @@ def test_soak_trials_survive_worker_nodes_killed_at_random(
     ray.shutdown()
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     t_start = time.perf_counter()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     path = study_file(
@@ -115,46 +126,39 @@ seeds_per_trial: 1
 final: {{seeds: 1}}
 max_failures: 100
 """,
-    )
-    path.write_text(path.read_text().replace("tracking: {mode: offline}", "tracking: {mode: disabled}"))
+    )  # W&B offline
     out = tmp_path / "out"
     rng = random.Random(7)
     stop = threading.Event()
     kills: list[float] = []
-    hits: list[bool] = []  # whether each kill found a node in the middle of a trial
+    waits = 0  # polls that found no worker node hosting a running trial
+    killed: set[int] = set()  # the pids of the actors on the killed nodes
     errors: list[str] = []
 
-    def running_a_trial(node: Any) -> bool:
-        """Whether one of the node's worker processes is inside a trial right now (Linux: Ray titles a
-        worker process ``ray::ImplicitFunc.train`` while it runs a function trainable)."""
-        try:
-            raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
-        except (AttributeError, KeyError, IndexError):
-            return False
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                if ppid == raylet and Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc.train"):
-                    return True
-            except (OSError, ValueError, IndexError):
-                continue
-        return False
-
-    def pick() -> int:
-        """A random worker node, among those running a trial when there are any (a node that is still
-        starting up holds nothing to lose)."""
-        busy = [i for i, w in enumerate(workers) if running_a_trial(w)]
-        hits.append(bool(busy))
-        return rng.choice(busy) if busy else rng.randrange(len(workers))
+    def busy_workers() -> list[int]:
+        """The worker nodes hosting the actor of a trial that is running now."""
+        pids = {pid for _, pid, _ in running_trials(out / "search")}
+        nodes = {a["Address"]["NodeID"] for a in live_actors() if a["Pid"] in pids and is_trial_actor(a)}
+        return [i for i, w in enumerate(workers) if w.node_id in nodes] if pids else []
 
     def chaos() -> None:
+        nonlocal waits
         while not stop.wait(KILL_EVERY_S):
             try:
-                victim = workers.pop(pick())
-                cluster.remove_node(victim, allow_graceful=False)  # SIGKILL: the node and its trials die
+                busy = busy_workers()
+                while not busy and not stop.wait(0.2):  # until a trial runs on a worker node
+                    waits += 1
+                    busy = busy_workers()
+                if not busy:
+                    continue
+                victim = workers.pop(rng.choice(busy))
+                on_node = {a["Pid"] for a in live_actors() if a["Address"]["NodeID"] == victim.node_id}
+                if KILLS:
+                    cluster.remove_node(victim, allow_graceful=False)  # SIGKILL: the node and its trials die
+                killed.update(on_node)
                 kills.append(time.perf_counter() - t_start)
                 if not stop.is_set():
-                    workers.append(cluster.add_node(num_cpus=1))
+                    workers.append(cluster.add_node(num_cpus=1) if KILLS else victim)
             except Exception as e:  # noqa: BLE001 - a failed kill must not hang the soak; the test reports it
                 errors.append(repr(e))
 
@@ -171,48 +175,32 @@ max_failures: 100
         cluster.shutdown()
     assert not errors, errors
 
-    table = pd.read_parquet(out / "trials.parquet")
-    search = table[table["stage"] == "search"]
-    n_ok = int(((search["status"] == "TERMINATED") & search["val_macro_f1"].notna()).sum())
-    dirs = Counter(p.name.split("_")[2] for p in (out / "search").glob("run_trial_*") if p.is_dir())
-    retried = _failures(out / "search") + _failures(out / "final")
-    actors = {_first(p).get("pid") for p in (out / "search").glob("run_trial_*/result.json")}
+    hits = hit_trials(out, killed)
+    actors = {a.pid for d in trial_dirs(out / "search").values() for a in attempts(d)}
     SOAK.update(
         trials=N_TRIALS,
-        finished=n_ok,
-        lost=N_TRIALS - n_ok,
         kills=len(kills),
-        kills_mid_trial=sum(hits),
+        polls_without_a_busy_node=waits,
         kill_every_s=KILL_EVERY_S,
-        trial_restarts=retried,
+        trials_hit=len(hits),
+        trial_restarts=len(summary["trial_restarts"]),
+        failed_attempts=sum(r["failed_attempts"] for r in summary["trial_restarts"]),
         actors=len(actors),
         wall_s=wall,
         total_s=time.perf_counter() - t_start,
+        wandb_busy_s=summary["tracking"]["busy_s"],
     )
     print(
-        f"\nsoak: {N_TRIALS} trials, {len(kills)} worker nodes killed (every {KILL_EVERY_S:g} s, "
-        f"{sum(hits)} of them in the middle of a trial), "
-        f"{retried} trial restarts after a kill, trials ran in {len(actors)} actor processes, "
-        f"{N_TRIALS - n_ok} trials lost, study {wall:.0f} s ({SOAK['total_s']:.0f} s with the cluster's start)"
+        f"\nsoak: {N_TRIALS} trials, {len(kills)} worker nodes hosting a running trial killed (at most "
+        f"every {KILL_EVERY_S:g} s; {waits} polls found none), {len(hits)} trials caught mid-attempt, "
+        f"{SOAK['trial_restarts']} trials run again ({SOAK['failed_attempts']} failed attempts), "
+        f"trials ran in {len(actors)} actor processes, study {wall:.0f} s "
+        f"({SOAK['total_s']:.0f} s with the cluster's start, W&B thread busy {SOAK['wandb_busy_s']:.0f} s)"
     )
 
-    assert len(kills) >= 3, "the chaos thread barely ran"
-    assert len(search) == N_TRIALS and search["trial_id"].is_unique
-    assert n_ok == N_TRIALS, search["status"].value_counts()
-    assert len(dirs) == N_TRIALS and max(dirs.values()) == 1  # one Tune folder per trial id, none twice
+    assert len(hits) >= MIN_HITS, f"only {len(hits)} trial(s) caught mid-attempt by {len(kills)} kills"
+    check_recovered(out, hits, N_TRIALS)  # each ran again and finished; one row and one W&B run per trial
     s = json.loads((out / "summary.json").read_text())
-    assert s["trials"] == N_TRIALS and s["trials_failed"] == 0 and summary["trials"] == N_TRIALS
+    search = pd.read_parquet(out / "trials.parquet").query("stage == 'search'")
     assert s["best_val_macro_f1"] == max(search["val_macro_f1"])
     assert len(s["test"]["macro_f1"]["per_seed"]) == 1
-    assert wall < BUDGET_S, f"the soak took {wall:.0f} s"
-
-
-def _failures(stage: Path) -> int:
-    """Trial restarts Tune recorded (a trial's actor died with its node and the trial ran again)."""
-    state = sorted(stage.glob("experiment_state-*.json"))[-1]
-    return sum(json.loads(t[1])["num_failures"] for t in json.loads(state.read_text())["trial_data"])
-
-
-def _first(result: Path) -> dict[str, Any]:
-    line = next((x for x in result.read_text().splitlines() if x.strip()), "{}")
-    return json.loads(line)

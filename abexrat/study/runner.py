@@ -35,6 +35,7 @@ from abexrat.study.grouped import (
     per_configuration,
     sub_id,
 )
+from abexrat.study.restarts import failed_attempts, restarted_trials
 from abexrat.study.storage import optuna_study_name, public_settings, public_url, search_storage, storage_url
 from abexrat.study.tracking import WandbTrials, log_summary, wandb_mode
 from abexrat.study.trial import LIMIT_STATUS
@@ -564,6 +565,8 @@ def _trial_table(results: Any, stage: str, budget_spent: bool = False, early_sto
         return BUDGET_STATUS if budget_spent and trial_id in unended else "TERMINATED"
 
     df["status"] = [row_status(str(t).split("-c")[0]) for t in df["trial_id"]]
+    failures = {t.trial_id: failed_attempts(t) for t in trials}
+    df["failed_attempts"] = [failures.get(str(t).split("-c")[0], 0) for t in df["trial_id"]]
     return pd.DataFrame(df)
 
 
@@ -712,7 +715,8 @@ def run_study(
         budget_spent = budget is not None and time.perf_counter() - t_search >= budget
         _close(cbs)
         early = study.early_stopping.enabled
-        search_df = _trial_table(results, "ablation" if study.kind == "ablation" else "search", budget_spent, early)
+        search_stage = "ablation" if study.kind == "ablation" else "search"  # the stage column of trials.parquet
+        search_df = _trial_table(results, search_stage, budget_spent, early)
         per_trial = study.budget.configs_per_trial
         wanted = -(-study.budget.num_samples // per_trial) if study.kind == "search" else len(study.arms())
         if not budget_spent:
@@ -732,8 +736,10 @@ def run_study(
 
         from abexrat.study.trial import BestModelSink
 
-        # On the driver's node: a worker node that dies must not take the best model with it.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        # On the driver's node: a worker node that dies must not take the best model with it. Not
+        # soft: Ray would spill it to any node, even one killed moments ago that the GCS still
+        # counts alive (seen when a worker node is SIGKILLed during the search).
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         best_sink = ray.remote(num_cpus=0, scheduling_strategy=here)(BestModelSink).remote()
         from abexrat.study import pareto
 
@@ -806,6 +812,8 @@ def run_study(
                 for status in [*LIMIT_STATUS.values(), BUDGET_STATUS]
             },
             "limits": study.limits.model_dump(),
+            # trials run again under their own ids after a worker or node died (or a retried error)
+            "trial_restarts": restarted_trials(results, search_stage) + restarted_trials(final_results, FINAL),
             "wall_s": wall,
             "encode_s": encode_s,
             "classes": feats.classes,

@@ -104,6 +104,14 @@ class WandbTrials(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict[str, Any], **info: Any) -> None:
         self._history.setdefault(trial.trial_id, []).append(result if GROUP in trial.config else _scalars(result))
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """The trial's run died and starts again from its first epoch: its run logs the attempt that
+        finishes, not the dead one's epochs mixed with it."""
+        self._history.pop(trial.trial_id, None)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._history.pop(trial.trial_id, None)  # no run for it; a retry round starts it afresh
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         history = self._history.pop(trial.trial_id, [])
         last = dict(trial.last_result or {})

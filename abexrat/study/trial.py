@@ -26,6 +26,9 @@ from abexrat.study.space import decode_params
 
 SUMMARY_KEYS = ("macro_f1", "weighted_f1", "accuracy")
 LIMIT_STATUS = {"time": "TIMEOUT", "memory": "OOM"}  # a trial's ``limit`` -> its status in trials.parquet
+# A trial's last report says it is done: Tune closes the trial as it takes the report, so a node that
+# dies before the function returns cannot make Tune run a trial whose scores it already has again.
+FINAL = {"done": True}
 
 
 class TrialLimitExceeded(Exception):
@@ -243,7 +246,7 @@ def run_trial(
                 train_s, cv_scores = cv_train_and_score(cv, cfg, seeds, on_epoch=lambda e, r: guard.check())
                 report = {"epoch": epochs, "train_s": train_s, "seeds": seeds, **_split_keys(cv_scores, "val")}
                 report["selection"] = f"{st.cv.folds}-fold cv over {'+'.join(st.cv.splits)}"
-                tune.report({**report, "trial_s": time.perf_counter() - t0})
+                tune.report({**report, "trial_s": time.perf_counter() - t0, **FINAL})
                 return
             result, scores = train_and_score(feats, cfg, seeds, on_epoch=on_epoch, with_test=with_test)
             if cv is not None:
@@ -283,7 +286,7 @@ def run_trial(
         except ray.exceptions.RayError as e:  # the model is a by-product: the scores must still arrive
             logging.getLogger(__name__).warning("the best model did not reach the driver (%s)", type(e).__name__)
     final["trial_s"] = time.perf_counter() - t0
-    tune.report(final)
+    tune.report({**final, **FINAL})
 
 
 class BestModelSink:
@@ -312,6 +315,7 @@ def _report_limit(st: Any, guard: TrialGuard, done: int, t0: float) -> None:
             "limit_detail": detail,
             "trial_s": time.perf_counter() - t0,
             "peak_memory_gb": guard.peak_bytes / 2**30,
+            **FINAL,
         }
     )
 
@@ -364,7 +368,7 @@ def _run_group(
     best = pick(range(G), key=lambda j: parts[j][st.objective.metric])
     final = {"epoch": epochs, "train_s": result.train_s, "seeds": seeds, "train_size": scores[0]["train_size"]}
     final.update(parts[best], configs=parts, config_best=best, trial_s=time.perf_counter() - t0)
-    tune.report(final)
+    tune.report({**final, **FINAL})
 
 
 def _without_batched(cfg: Any) -> dict[str, Any]:
