@@ -183,10 +183,12 @@ def test_kill_9_at_random_moments_leaves_old_or_new_artifacts(tmp_path: Path, ti
     _, err = warm.communicate(timeout=300)
     assert warm.returncode == 0, err
     shards = sorted(cache.glob("embeddings/wordllama-*/*.npz"))
-    assert len(shards) == 1  # one run wrote every text of this leaf into one shard
-    data = bytearray(shards[0].read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    shards[0].write_bytes(bytes(data))
+    # one shard if one run wrote every text of this leaf, more if a killed run had written some first
+    assert len(shards) >= 1
+    for shard in shards:  # every wordllama shard corrupted: all its texts must be encoded again
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        shard.write_bytes(bytes(data))
     last = _train(tiny_config, out, env)
     _, err = last.communicate(timeout=300)
     assert last.returncode == 0, err

@@ -678,3 +678,18 @@ def test_augment_cli_bad_input_is_one_line(tmp_path: Path, tiny_dir: Path, cli) 
     res = cli("augment", "run", cfg, "--out", tmp_path / "p")
     assert res.code == 2 and "cfg.yaml: select.classes: 'NOPE' is not a class of train" in res.stderr
     assert not (tmp_path / "p").exists()
+
+
+def test_actor_pools_that_cannot_run_together_are_refused_naming_the_keys() -> None:
+    from abexrat.augment.engines import check_actor_fit
+
+    cfg = load_augment_config(None, ["abstract.num_cpus=2"])  # expand inherits 2: 4 CPUs at once
+    with pytest.raises(UserError) as e:
+        check_actor_fit(cfg.abstract, cfg.expand, {"CPU": 2.0})
+    assert str(e.value) == (
+        "abstract.num_cpus 2 x concurrency 1 + expand.num_cpus 2 x concurrency 1 reserve 4 CPUs at once, "
+        "and this Ray cluster has 2: lower num_cpus or concurrency"
+    )
+    check_actor_fit(cfg.abstract, cfg.expand, {"CPU": 4.0})  # fits: no error
+    one = load_augment_config(None, ["abstract.num_cpus=1"])
+    check_actor_fit(one.abstract, one.expand, {"CPU": 2.0})

@@ -69,7 +69,10 @@ def ray_head(tmp_path: Path):  # noqa: ANN201
     """A ``ray start --head`` on 127.0.0.1 with a dashboard (the jobs API); yields (dashboard URL, env)."""
     temp = Path(tempfile.mkdtemp(prefix="rj", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     gcs, dash, client, node, obj, agent, agent_grpc, renv, metrics = _free_ports(9)
-    low = random.randrange(30000, 39000)
+    named = (gcs, dash, client, node, obj, agent, agent_grpc, renv, metrics)
+    low = random.randrange(20000, 29000)  # worker ports: a range none of the named ports fall in
+    while any(low <= p <= low + 400 for p in named):
+        low = random.randrange(20000, 29000)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env |= {"RAY_TMPDIR": str(temp), "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "RAY_AIR_NEW_OUTPUT": "0"}
     # Ray >= 2.60 starts a head with token authentication; the jobs CLI sends the token (~/.ray/auth_token,

@@ -74,6 +74,21 @@ def model_identity(model: str) -> str:
         return model  # unreachable now: named as the hub names it; loading it says why it failed
 
 
+def check_actor_fit(abstract: StepConfig, expand: StepConfig, cluster: dict[str, float]) -> None:
+    """Both steps' ``transformers`` actor pools run at once (abstracts stream into expansions), so
+    their reservations must fit the cluster together: if they cannot, Ray Data waits forever."""
+    for resource, key in (("CPU", "num_cpus"), ("GPU", "num_gpus")):
+        steps = [(n, s) for n, s in (("abstract", abstract), ("expand", expand)) if s.engine == "transformers"]
+        need = sum(float(getattr(s, key)) * s.concurrency for _, s in steps)
+        have = float(cluster.get(resource, 0.0))
+        if need > have + 1e-9:
+            parts = " + ".join(f"{n}.{key} {getattr(s, key):g} x concurrency {s.concurrency}" for n, s in steps)
+            raise UserError(
+                f"{parts} reserve {need:g} {resource}s at once, and this Ray cluster has {have:g}: "
+                f"lower {key} or concurrency"
+            )
+
+
 class Engine:
     """Base class: ``apply`` adds the generation stage(s) to a Ray dataset."""
 

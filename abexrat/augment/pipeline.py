@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from abexrat.augment.config import AugmentConfig, StepConfig
-from abexrat.augment.engines import ENGINES, model_identity, sampling_params
+from abexrat.augment.engines import ENGINES, check_actor_fit, model_identity, sampling_params
 from abexrat.augment.filters import FILTERS, apply_filters
 from abexrat.augment.prompts import PROMPT_VERSION, abstraction_messages, expansion_messages, prompt_digest
 from abexrat.data import Dataset
@@ -43,8 +43,9 @@ from abexrat.errors import UserError
 from abexrat.io import atomic_path, cache_dir, write_json
 
 CACHE_VERSION = "1"
-# Light CPU stages (building prompts) reserve little, so they fit beside the generator actors.
-LIGHT_CPUS = 0.1
+# Light CPU stages (building prompts) reserve nothing, so they run beside generator actors that
+# reserve every core.
+LIGHT_CPUS = 0
 # Seconds the driver waits after writing each chunk: only for watching or testing an interrupted run.
 PAUSE_ENV = "ABEXRAT_AUGMENT_CHUNK_PAUSE_S"
 POOL_FILE, REJECTED_FILE, SUMMARY_FILE = "pool.parquet", "rejected.parquet", "pool.json"
@@ -291,6 +292,7 @@ def generate(
     import ray
 
     ensure_ray()
+    check_actor_fit(cfg.abstract, cfg.expand, ray.cluster_resources())
     t0 = time.perf_counter()
     chunks = [jobs[i : i + cfg.chunk_size] for i in range(0, len(jobs), cfg.chunk_size)]
     expected = {c: sum(j.k for j in chunk) for c, chunk in enumerate(chunks)}

@@ -18,6 +18,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 from abexrat.errors import UserError
@@ -127,6 +128,21 @@ class TrackedOptunaSearch(OptunaSearch):
             if self.wandb_run:
                 ot_trial.set_user_attr("wandb_run", self.wandb_run.format(trial_id=trial_id))
         return params
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        # A trial's last epoch comes in the report that ends it (``done``), which Tune hands only to
+        # on_trial_complete: record it as the last step too, so the trial has one value per epoch.
+        if (
+            result
+            and not error
+            and not isinstance(self.metric, list)
+            and self.metric in result
+            and TRAINING_ITERATION in result
+            and trial_id in self._ot_trials
+            and trial_id not in self._completed_trials
+        ):
+            self.on_trial_result(trial_id, result)
+        super().on_trial_complete(trial_id, result, error)
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
