@@ -12,7 +12,7 @@
 >>> result.optuna_study.best_params              # the search's own Optuna study
 
 The command line (:mod:`abexrat.cli`) is a thin layer over these functions: the same config, the
-same folders, the same errors (:class:`abexrat.errors.UserError` with one line naming the file and
+same folders, the same errors (:class:`abexrat.core.errors.UserError` with one line naming the file and
 key or row). Nothing heavy is imported until a function runs.
 """
 
@@ -262,8 +262,8 @@ def should_stream(path: Path, asked: bool) -> bool:
 
 
 def _rows(data: Any, text_column: str | None) -> tuple[Path, list[dict[str, Any]]]:
+    from abexrat.core.errors import UserError
     from abexrat.data import read_rows
-    from abexrat.errors import UserError
 
     if isinstance(data, str | Path):
         rows = read_rows(Path(data), text_field=text_column or "summary")

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from abexrat.errors import Interrupted, UserError
+from abexrat.core.errors import Interrupted, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -266,7 +266,7 @@ def evaluate(
 
 
 def _print_scores(result: dict[str, Any], data: Path, json_out: Path | None) -> None:
-    from abexrat.io import write_json
+    from abexrat.core.io import write_json
 
     n = result["n"]
     table = Table(title=f"{data.name}: {n} reports, mean over {len(result['seeds'])} seed(s)")

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from abexrat.errors import UserError
-from abexrat.io import cache_dir, clip, sha256_file, short_repr, write_bytes
+from abexrat.core.errors import UserError
+from abexrat.core.io import cache_dir, clip, sha256_file, short_repr, write_bytes
 
 OSHA_CLASSES: tuple[str, ...] = (
     "FALLS,SLIPS,TRIPS",

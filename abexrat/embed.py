@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from abexrat.core.io import cache_dir, sha256_bytes, write_bytes
 from abexrat.data import split_title
 from abexrat.encoders import Encoder, leaves, save_encoder
-from abexrat.io import cache_dir, sha256_bytes, write_bytes
 
 ENCODE_CHUNK = 2048
 

@@ -22,8 +22,8 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from abexrat.errors import UserError
-from abexrat.io import atomic_path, sha256_bytes, sha256_texts, write_json
+from abexrat.core.errors import UserError
+from abexrat.core.io import atomic_path, sha256_bytes, sha256_texts, write_json
 
 ENCODERS: dict[str, Callable[..., Encoder]] = {}
 

@@ -21,6 +21,8 @@ import numpy as np
 import yaml
 
 from abexrat.config import TrainConfig
+from abexrat.core.errors import UserError
+from abexrat.core.io import write_bytes, write_json, write_text
 from abexrat.data import (
     Columns,
     Dataset,
@@ -34,8 +36,6 @@ from abexrat.data import (
 )
 from abexrat.embed import EmbeddingCache, EmbedStats, embed_texts, fitted_encoder
 from abexrat.encoders import Encoder, leaves, load_encoder, make_encoder, save_encoder
-from abexrat.errors import UserError
-from abexrat.io import write_bytes, write_json, write_text
 from abexrat.metrics import score
 from abexrat.model import EnsembleMLP
 from abexrat.train import TrainResult, fit, predict_proba

@@ -29,8 +29,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from abexrat.core.errors import UserError
 from abexrat.encoders import Encoder, _l2
-from abexrat.errors import UserError
 from abexrat.hub import ResolvedModel, folder_fingerprint, resolve_model
 
 POOLINGS = ("mean", "last")

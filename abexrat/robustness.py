@@ -198,7 +198,7 @@ def run_scale(folder: Any) -> float:
     import json
     from pathlib import Path
 
-    from abexrat.errors import UserError
+    from abexrat.core.errors import UserError
 
     for meta in sorted(Path(folder).glob("models/seed-*/model.json")):
         scale = json.loads(meta.read_text()).get("input_scale")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from abexrat.errors import UserError
+from abexrat.core.errors import UserError
 
 STREAM_BATCH = 512  # rows per batch: a few MB of text and vectors at a time
 STREAM_SUFFIXES = (".jsonl", ".csv", ".parquet", ".pq")
@@ -131,7 +131,7 @@ def scored_batches(
     run_dir: Path, path: Path, text_column: str | None, label_column: str | None = None
 ) -> Iterator[dict[str, np.ndarray]]:
     """Scorer output for every batch of ``path``, in file order, with an embedded local Ray if none runs."""
-    from abexrat.study.runner import connect
+    from abexrat.core.ray_session import connect
 
     started = connect(None)
     setup_data()

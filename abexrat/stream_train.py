@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from abexrat.config import TrainConfig
+from abexrat.core.errors import UserError
 from abexrat.data import (
     Columns,
     _check_fits_in_memory,
@@ -54,7 +55,6 @@ from abexrat.data import (
     split_title,
 )
 from abexrat.encoders import Encoder
-from abexrat.errors import UserError
 from abexrat.experiment import Features
 from abexrat.stream import (
     STREAM_SUFFIXES,
@@ -359,9 +359,9 @@ def stream_features(cfg: TrainConfig, progress: Any = None) -> tuple[Features, E
 
 def run_streamed(cfg: TrainConfig, out: Path, progress: Any = None) -> dict[str, Any]:
     """``abexrat train`` on a file larger than memory (see the module docstring). Returns metrics.json."""
+    from abexrat.core.ray_session import connect
     from abexrat.experiment import run_metrics, save_run
     from abexrat.metrics import score_confusion
-    from abexrat.study.runner import connect
     from abexrat.train import fit
 
     t0 = time.perf_counter()

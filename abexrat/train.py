@@ -46,7 +46,7 @@ def class_alpha(cfg: TrainConfig, y: np.ndarray, n_classes: int) -> torch.Tensor
         w = len(y) / (n_classes * np.maximum(counts, 1.0))
         return torch.tensor(w, dtype=torch.float32)
     if len(alpha) != n_classes:
-        from abexrat.errors import UserError
+        from abexrat.core.errors import UserError
 
         raise UserError(f"loss.alpha: {len(alpha)} weights for {n_classes} classes")
     return torch.tensor(alpha, dtype=torch.float32)
@@ -123,7 +123,7 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda"):
         index = int(device.split(":")[1]) if ":" in device else 0
         if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-            from abexrat.errors import UserError
+            from abexrat.core.errors import UserError
 
             raise UserError(f"train.device: {device} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
     return torch.device(device)

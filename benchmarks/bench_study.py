@@ -64,7 +64,7 @@ def make_study(
     smaller budget; written to ``folder`` and read back with ``load_study`` as the CLI would."""
     import yaml
 
-    from abexrat.config import load_yaml
+    from abexrat.core.safe_yaml import load_yaml
     from abexrat.study.config import load_study
 
     quick = load_yaml(REPO / "studies" / "quickstart.yaml")

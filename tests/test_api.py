@@ -76,7 +76,7 @@ def test_evaluate_a_file_or_rows_gives_what_the_cli_writes(run, tiny_dir: Path, 
 
 def test_bad_input_is_one_user_error(tmp_path: Path, run) -> None:  # noqa: ANN001
     import abexrat
-    from abexrat.errors import UserError
+    from abexrat.core.errors import UserError
 
     with pytest.raises(UserError, match="metrics.json: not found"):
         abexrat.load_run(tmp_path)

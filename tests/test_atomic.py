@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from abexrat.io import sha256_file
+from abexrat.core.io import sha256_file
 from tests.conftest import REPO
 
 EXE = str(Path(sys.executable).parent / "abexrat")

@@ -43,7 +43,7 @@ from abexrat.augment.pipeline import (
     spec_key,
 )
 from abexrat.augment.prompts import PROMPT_VERSION, abstraction_messages, expansion_messages, prompt_digest
-from abexrat.errors import UserError
+from abexrat.core.errors import UserError
 from tests.conftest import CLASS_WORDS, FILLER, REPO
 
 OVER, VIOL = "OVEREXERTION AND BODILY REACTION", "VIOLENCE AND OTHER INJURIES BY PERSONS OR ANIMALS"

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from abexrat.core.errors import UserError
 from abexrat.data import (
     OSHA_CLASSES,
     OSHA_FILES,
@@ -27,7 +28,6 @@ from abexrat.data import (
     split_title,
     stratified_folds,
 )
-from abexrat.errors import UserError
 
 
 def test_osha_splits_load_with_published_counts(osha_dir: Path) -> None:

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from abexrat.errors import UserError
+from abexrat.core.errors import UserError
 
 FUZZED: Counter[str] = Counter()
 MAX_MESSAGE = 300

@@ -38,9 +38,9 @@ from abexrat.augment.config import AugmentConfig, StepConfig
 from abexrat.augment.engines import ENGINES, model_identity, sampling_params
 from abexrat.augment.filters import FILTERS, apply_filters
 from abexrat.augment.prompts import PROMPT_VERSION, abstraction_messages, expansion_messages, prompt_digest
+from abexrat.core.errors import UserError
+from abexrat.core.io import atomic_path, cache_dir, write_json
 from abexrat.data import Dataset
-from abexrat.errors import UserError
-from abexrat.io import atomic_path, cache_dir, write_json
 
 CACHE_VERSION = "1"
 # Light CPU stages (building prompts) reserve little, so they fit beside the generator actors.

@@ -52,10 +52,10 @@ def main() -> None:
 
     from cv_variants import variant_config  # this folder is on sys.path when a script here runs
 
+    from abexrat.core.io import write_json
     from abexrat.cv import cv_datasets
     from abexrat.embed import EmbeddingCache, embed_texts
     from abexrat.experiment import build_encoder, featurize, fit_texts, load_dataset
-    from abexrat.io import write_json
     from abexrat.metrics import score
     from abexrat.train import fit, predict_proba
 
