@@ -127,7 +127,7 @@ class Run:
     def loaded(self) -> Any:
         """The encoder and models (:class:`abexrat.experiment.LoadedRun`), read once."""
         if self._loaded is None:
-            from abexrat.experiment import load_run as load
+            from abexrat.run_folder import load_run as load
 
             self._loaded = load(self.folder)
         return self._loaded

@@ -125,17 +125,9 @@ class EncoderConfig(Strict):
 
 
 def _encoder_class(name: str) -> type | None:
-    if name.startswith("hf:"):
-        from abexrat.hf import HFEncoder
+    from abexrat.encoders import encoder_class
 
-        return HFEncoder
-    if name.startswith("vllm:"):
-        from abexrat.vllm import VLLMEncoder
-
-        return VLLMEncoder
-    from abexrat.encoders import ENCODERS
-
-    cls = ENCODERS.get(name)
+    cls = encoder_class(name)
     return cls if isinstance(cls, type) and dataclasses.is_dataclass(cls) else None
 
 

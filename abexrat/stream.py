@@ -68,7 +68,7 @@ class Scorer:
     """
 
     def __init__(self, run_dir: str, path: str, text_column: str | None, label_column: str | None) -> None:
-        from abexrat.experiment import load_run
+        from abexrat.run_folder import load_run
 
         self.run = load_run(run_dir)
         self.path, self.text_column, self.label_column = Path(path), text_column, label_column

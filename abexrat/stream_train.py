@@ -23,7 +23,7 @@ The run folder is an in-memory run's. Not streamed: synthetic pools (``data.aug_
 ``none``, or ``published``, of which a user's file has none) and the duplicate-id check.
 
 ``abexrat study run`` streams such a file through :func:`stream_features` too: its
-:class:`~abexrat.experiment.Features` are memory-mapped, and pickle (``ray.put``) as the folder's
+:class:`~abexrat.features.Features` are memory-mapped, and pickle (``ray.put``) as the folder's
 name, so every trial maps the same files.
 """
 
@@ -55,7 +55,8 @@ from abexrat.data import (
     split_title,
 )
 from abexrat.encoders import Encoder
-from abexrat.experiment import Features
+from abexrat.feature_files import FORMAT, SPLITS, discard_unless_whole, open_split
+from abexrat.features import Features
 from abexrat.stream import (
     STREAM_SUFFIXES,
     _plain,
@@ -67,8 +68,6 @@ from abexrat.stream import (
 )
 
 FIT_SAMPLE = 50_000  # training texts a fitted encoder learns from
-SPLITS = ("train", "val", "test")
-FORMAT = 1  # the feature files' layout; part of their cache key
 
 
 def wants_stream(cfg: TrainConfig, asked: bool) -> bool:
@@ -272,35 +271,6 @@ def encode(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def complete(folder: Path) -> bool:
-    """Whether ``folder`` holds whole feature files: each of the sizes its meta.json names (a file
-    cut short or grown by anything outside abexrat is encoded again)."""
-    try:
-        meta = json.loads((folder / "meta.json").read_text())
-        rows, dim = meta["rows"], int(meta["dim"])
-        ok = all(
-            (folder / f"{s}.f32").stat().st_size == 4 * dim * rows[s]
-            and (folder / f"{s}.y").stat().st_size == 8 * rows[s]
-            for s in SPLITS
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        ok = False
-    if not ok:
-        shutil.rmtree(folder, ignore_errors=True)
-    return ok
-
-
-def open_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """A split's vectors, memory-mapped (n, d) float32, and its labels (n,) int64."""
-    meta = json.loads((folder / "meta.json").read_text())
-    n, d = meta["rows"][split], meta["dim"]
-    y = np.fromfile(folder / f"{split}.y", np.int64)
-    if n == 0:
-        return np.zeros((0, d), np.float32), y
-    # copy-on-write: torch wants a writable array, and nothing must ever write back into the cache
-    return np.memmap(folder / f"{split}.f32", np.float32, mode="c", shape=(n, d)), y
-
-
 def confusion(model: Any, X: np.ndarray, y: np.ndarray, n_classes: int, chunk: int = 65536) -> np.ndarray:
     """Per-seed confusion matrices (S, C, C), rows true, scoring X a chunk at a time."""
     from abexrat.metrics import confusions
@@ -318,7 +288,7 @@ def stream_features(cfg: TrainConfig, progress: Any = None) -> tuple[Features, E
     up. Returns the memory-mapped features, the fitted encoder and what the streaming found."""
     from abexrat.embed import EmbeddingCache, EmbedStats, fitted_encoder
     from abexrat.encoders import save_encoder
-    from abexrat.experiment import build_encoder
+    from abexrat.features import build_encoder
 
     path = Path(cfg.data.dataset)
     if cfg.data.aug_pool not in ("none", "published"):
@@ -337,7 +307,7 @@ def stream_features(cfg: TrainConfig, progress: Any = None) -> tuple[Features, E
     stats.fit_s = time.perf_counter() - t_fit
     folder = cache.root / "streamed" / features_key(path, cfg, enc.key)
     n_rows = sum(sum(c.values()) for c in counts.values())
-    if complete(folder):
+    if discard_unless_whole(folder):
         stats.cached = n_rows
     else:
         advance = progress.task("encoding", n_rows) if progress else None
@@ -352,7 +322,7 @@ def stream_features(cfg: TrainConfig, progress: Any = None) -> tuple[Features, E
         raise UserError(f"{path}: too few rows for a val and a test split ({len(yv)} val, {len(yt)} test)")
     d = X.shape[1]
     empty = np.zeros((0, d), np.float32), np.zeros(0, np.int64)
-    feats = Features(classes, X, y, *empty, [], Xv, yv, Xt, yt, enc.key, stats, mapped=str(folder))
+    feats = Features(classes, X, y, *empty, [], Xv, yv, Xt, yt, enc.key, stats, memmap_dir=str(folder))
     info = {"rows": {s: dict(counts[s]) for s in SPLITS}, "fit_sample": len(sample), "features": str(folder)}
     return feats, enc, info
 
@@ -360,8 +330,8 @@ def stream_features(cfg: TrainConfig, progress: Any = None) -> tuple[Features, E
 def run_streamed(cfg: TrainConfig, out: Path, progress: Any = None) -> dict[str, Any]:
     """``abexrat train`` on a file larger than memory (see the module docstring). Returns metrics.json."""
     from abexrat.core.ray_session import connect
-    from abexrat.experiment import run_metrics, save_run
     from abexrat.metrics import score_confusion
+    from abexrat.run_folder import run_metrics, save_run
     from abexrat.train import fit
 
     t0 = time.perf_counter()

@@ -20,6 +20,7 @@ from abexrat.config import TrainConfig
 from abexrat.fused import StepInputs, mlp_focal_loss
 from abexrat.metrics import macro_f1
 from abexrat.model import EnsembleMLP
+from abexrat.precision import use_bf16
 
 EpochCallback = Callable[[int, dict[str, list[float]]], None]
 
@@ -127,21 +128,6 @@ def resolve_device(device: str) -> torch.device:
 
             raise UserError(f"train.device: {device} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
     return torch.device(device)
-
-
-def use_bf16(precision: str, device: torch.device | None = None) -> bool:
-    """Whether training multiplies in bf16: ``bf16``, or ``auto`` on a GPU that has bf16 (Ampere
-    and later) or a CPU with native bf16 products (AVX-512 BF16 or AMX: about 2.3x fp32's matmul
-    rate on the trainer's shapes). Elsewhere ``auto`` stays fp32, because emulated bf16 is slower
-    than fp32."""
-    if precision == "auto" and device is not None and device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if precision == "auto":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return precision == "bf16"
 
 
 def release_free_memory() -> None:
@@ -384,6 +370,5 @@ def predict_proba(model: EnsembleMLP, X: np.ndarray, chunk: int = 8192) -> np.nd
 
 # ``abexrat.train(config, **overrides)`` is the API's train (this module stays the training loop).
 from abexrat._callable import make_callable  # noqa: E402
-from abexrat.api import train as _train  # noqa: E402
 
-make_callable(__name__, _train)
+make_callable(__name__, "abexrat.api:train")

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from abexrat.core.errors import UserError
-from abexrat.encoders import Encoder, _l2
+from abexrat.encoder_base import Encoder, _l2
 
 
 def vllm_embed_config(

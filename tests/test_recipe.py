@@ -10,8 +10,9 @@ import yaml
 from abexrat.config import TrainConfig
 from abexrat.core.io import sha256_texts
 from abexrat.data import first_sentence, split_title
+from abexrat.datasets import load_dataset
 from abexrat.embed import EmbeddingCache, embed_texts
-from abexrat.experiment import build_encoder, featurize, fit_texts, load_dataset
+from abexrat.features import build_encoder, featurize, fit_texts
 
 
 def _cfg(tiny_config: Path, **encoder: object) -> TrainConfig:

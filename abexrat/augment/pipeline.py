@@ -363,7 +363,7 @@ def generate(
 def load_source_dataset(cfg: AugmentConfig) -> Dataset:
     """The dataset whose originals are augmented (no pool attached)."""
     from abexrat.config import TrainConfig
-    from abexrat.experiment import load_dataset
+    from abexrat.datasets import load_dataset
 
     return load_dataset(TrainConfig(data=cfg.data.as_data_config()))
 

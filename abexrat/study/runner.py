@@ -589,8 +589,9 @@ def run_study(
     import pandas as pd
     import ray
 
+    from abexrat.datasets import load_dataset
     from abexrat.embed import EmbeddingCache
-    from abexrat.experiment import build_encoder, featurize, load_dataset
+    from abexrat.features import build_encoder, featurize
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -715,7 +716,7 @@ def run_study(
             "test": _scores(by_arm["best"], "test"),
             "test_pred": by_arm["best"].get("test_pred"),
             "val_pred": by_arm["best"].get("val_pred"),
-            "val_labels": None if feats.mapped else feats.y_val.tolist(),
+            "val_labels": None if feats.is_memmapped else feats.y_val.tolist(),
             "cv": None
             if study.cv is None
             else {
@@ -747,8 +748,8 @@ def run_study(
             "wall_s": wall,
             "encode_s": encode_s,
             "classes": feats.classes,
-            "test_labels": None if feats.mapped else feats.y_test.tolist(),
-            "streamed": feats.mapped,
+            "test_labels": None if feats.is_memmapped else feats.y_test.tolist(),
+            "streamed": feats.memmap_dir,  # the feature files' folder, or None
             "tracking": {
                 "mode": mode,
                 "runs": sum(len(c.runs) for c in cbs + fcbs if isinstance(c, WandbTrials)),
@@ -826,7 +827,8 @@ def _write_best_run(
     import shutil
 
     from abexrat.embed import EmbeddingCache, fitted_encoder
-    from abexrat.experiment import fit_texts, write_run
+    from abexrat.features import fit_texts
+    from abexrat.run_folder import write_run
 
     if model is None:
         return None

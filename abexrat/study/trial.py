@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from abexrat.experiment import Features
+from abexrat.features import Features
 from abexrat.study.config import BATCHED
 from abexrat.study.grouped import configurations
 from abexrat.study.space import decode_params
@@ -278,7 +278,7 @@ def run_trial(
     if best_sink is not None and arm == "best":
         import ray
 
-        from abexrat.experiment import model_files, run_metrics
+        from abexrat.run_folder import model_files, run_metrics
 
         metrics = run_metrics(cfg, feats, result, scores, scores["train_size"], t0, study=st.name)
         try:

@@ -69,8 +69,8 @@ def main() -> None:
     from abexrat.config import load_train_config
     from abexrat.core.io import write_json
     from abexrat.cv import cv_featurize, cv_train_and_score
+    from abexrat.datasets import load_dataset
     from abexrat.embed import EmbeddingCache
-    from abexrat.experiment import load_dataset
 
     rows: list[tuple[str, list[str]]] = []
     acc: list[str] = []

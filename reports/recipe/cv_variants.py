@@ -39,8 +39,8 @@ def main() -> None:
 
     from abexrat.core.io import write_json
     from abexrat.cv import cv_featurize, cv_train_and_score
+    from abexrat.datasets import load_dataset
     from abexrat.embed import EmbeddingCache
-    from abexrat.experiment import load_dataset
 
     seeds = list(range(args.seeds))
     features: dict[str, object] = {}

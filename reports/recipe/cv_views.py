@@ -54,8 +54,9 @@ def main() -> None:
 
     from abexrat.core.io import write_json
     from abexrat.cv import cv_datasets
+    from abexrat.datasets import load_dataset
     from abexrat.embed import EmbeddingCache, embed_texts
-    from abexrat.experiment import build_encoder, featurize, fit_texts, load_dataset
+    from abexrat.features import build_encoder, featurize, fit_texts
     from abexrat.metrics import score
     from abexrat.train import fit, predict_proba
 
