@@ -658,7 +658,7 @@ def run_study(
             why = f" ({stopped} stopped by limits)" if stopped else ""
             raise UserError(f"{out / SEARCH}: no trial finished{why}; see the trial errors there")
         best_over = dict(configurations(best_r.config)[best_r.metrics.get("config_best", 0)])
-        from abexrat.study.space import decode_params
+        from abexrat.choices import decode_params
         from abexrat.study.trial import trial_overrides
 
         arms = study.arms() if study.kind == "ablation" else {}

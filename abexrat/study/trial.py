@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from abexrat.choices import decode_params
 from abexrat.features import Features
 from abexrat.study.config import BATCHED
 from abexrat.study.grouped import configurations
-from abexrat.study.space import decode_params
 
 SUMMARY_KEYS = ("macro_f1", "weighted_f1", "accuracy")
 LIMIT_STATUS = {"time": "TIMEOUT", "memory": "OOM"}  # a trial's ``limit`` -> its status in trials.parquet
