@@ -58,7 +58,7 @@ def data_fetch(
     url: Annotated[str | None, typer.Option(help="base URL instead of the pinned GitHub commit (a mirror)")] = None,
 ) -> None:
     """Download the OSHA splits from the paper's pinned commit and verify their sha256."""
-    from abexrat.data import fetch_osha, resolve_data_dir
+    from abexrat.osha import fetch_osha, resolve_data_dir
 
     if name != "osha":
         raise UserError(f"data fetch: unknown dataset {name!r} (known: osha)")
@@ -338,7 +338,7 @@ def study_run(
         out.print(f"W&B runs are offline; upload them with: wandb sync {s['tracking']['dir']}/offline-run-*")
 
 
-# ---- report (issue 5) ----
+# ---------------------------------------------------------------- report
 
 
 @app.command()

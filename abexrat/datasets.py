@@ -7,7 +7,9 @@ from pathlib import Path
 
 from abexrat.config import TrainConfig
 from abexrat.core.errors import UserError
-from abexrat.data import Columns, Dataset, load_osha, load_splits, load_table
+from abexrat.data import Dataset, load_splits, load_table
+from abexrat.osha import load_osha
+from abexrat.rows import Columns
 
 
 def columns(cfg: TrainConfig) -> Columns:

@@ -21,7 +21,9 @@ def _l2(x: np.ndarray) -> np.ndarray:
 
 
 class Encoder:
-    """Base class. Subclasses set ``name``/``version`` and implement ``encode``."""
+    """Base class. Subclasses set ``name``/``version`` and implement ``encode`` (n texts -> (n, dim)
+    float32); one that learns from training texts sets ``needs_fit`` and implements ``fit`` (which
+    returns the encoder), ``fitted`` and ``set_fit_corpus``."""
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
@@ -47,8 +49,20 @@ class Encoder:
         opts = json.dumps(self.options(), sort_keys=True)
         return f"{self.name}-v{self.version}-{sha256_bytes(opts.encode())[:12]}"
 
-    def fit(self, texts: list[str]) -> None:
-        """Learn from training texts (a no-op for pretrained encoders)."""
+    @property
+    def fitted(self) -> bool:
+        """Whether ``encode`` may run now: always, for an encoder that does not fit."""
+        return not self.needs_fit
+
+    def set_fit_corpus(self, texts: list[str]) -> None:
+        """Name the corpus ``fit`` will learn from, so that ``key`` (the cache's address) is final
+        before fitting: cached vectors are then found without fitting at all. A no-op for an
+        encoder that does not fit."""
+
+    def fit(self, texts: list[str]) -> Encoder:
+        """Learn from training texts (a no-op for pretrained encoders); returns the encoder, as
+        scikit-learn's ``fit`` does."""
+        return self
 
     def encode(self, texts: list[str]) -> np.ndarray:
         raise NotImplementedError

@@ -133,7 +133,7 @@ class TfidfSvdEncoder(Encoder):
         """Name the corpus that ``fit`` will use, so the key is known before fitting."""
         self.fit_digest = sha256_texts(texts)
 
-    def fit(self, texts: list[str]) -> None:
+    def fit(self, texts: list[str]) -> TfidfSvdEncoder:
         from sklearn.decomposition import TruncatedSVD
 
         self.set_fit_corpus(texts)
@@ -147,6 +147,7 @@ class TfidfSvdEncoder(Encoder):
         comps = np.zeros((self.dim_, tf.shape[1]), np.float32)
         comps[:k] = svd.components_
         self._vectorizer, self._components = vec, comps
+        return self
 
     @property
     def fitted(self) -> bool:

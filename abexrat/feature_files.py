@@ -14,8 +14,6 @@ from pathlib import Path
 import numpy as np
 
 SPLITS = ("train", "val", "test")
-
-
 FORMAT = 1  # the feature files' layout; part of their cache key
 
 

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from abexrat.config import TrainConfig
-from abexrat.data import Dataset, Split, first_sentence, select_synthetic, split_title
+from abexrat.data import Dataset, Split, select_synthetic
 from abexrat.embed import EmbeddingCache, EmbedStats, embed_texts
 from abexrat.encoders import Encoder, make_encoder
 from abexrat.feature_files import open_split
+from abexrat.text import first_sentence, split_title
 
 
 @dataclass

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from abexrat.data import TITLE_SEP, first_sentence, split_title
+from abexrat.text import TITLE_SEP, first_sentence, split_title
 
 if TYPE_CHECKING:
     from abexrat.config import RobustnessConfig

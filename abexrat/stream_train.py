@@ -44,28 +44,20 @@ import numpy as np
 
 from abexrat.config import TrainConfig
 from abexrat.core.errors import UserError
-from abexrat.data import (
-    Columns,
-    _check_fits_in_memory,
-    _class_order,
-    _row_label,
-    _row_text,
-    first_sentence,
-    fits_in_memory,
-    split_title,
-)
+from abexrat.data import _check_fits_in_memory, _class_order, fits_in_memory
+from abexrat.datasets import columns
 from abexrat.encoders import Encoder
 from abexrat.feature_files import FORMAT, SPLITS, discard_unless_whole, open_split
 from abexrat.features import Features
+from abexrat.rows import plain_value, row_id, row_label, row_text, where_in_stream
 from abexrat.stream import (
     STREAM_SUFFIXES,
-    _plain,
-    _where,
     check_streamable,
     checked_batches,
     map_stream,
     setup_data,
 )
+from abexrat.text import first_sentence, split_title
 
 FIT_SAMPLE = 50_000  # training texts a fitted encoder learns from
 
@@ -100,18 +92,19 @@ class RowReader:
     (raised by the driver) rather than as an exception, which Ray Data would retry and wrap."""
 
     def __init__(self, path: str, cfg: dict[str, Any]) -> None:
-        d = TrainConfig.model_validate(cfg).data
+        train_cfg = TrainConfig.model_validate(cfg)
+        d = train_cfg.data
         self.path = Path(path)
-        self.cols = Columns(text=d.text_column, label=d.label_column, title=d.title_column, summary=d.summary_column)
+        self.cols = columns(train_cfg)
         self.split_args = (d.split_seed, d.val_fraction, d.test_fraction)
 
     def rows(self, batch: dict[str, np.ndarray]) -> tuple[list[str], list[str], list[str], np.ndarray]:
         keys = list(batch)
         n = len(batch[keys[0]]) if keys else 0
-        rows = [{k: _plain(batch[k][i]) for k in keys} for i in range(n)]
-        ids = [str(next((r[f] for f in (self.cols.id, "id", "idx") if r.get(f) is not None), "")) for r in rows]
-        texts = [_row_text(self.path, _where(rid), r, self.cols) for rid, r in zip(ids, rows)]
-        labels = [_row_label(self.path, _where(rid), r, self.cols) for rid, r in zip(ids, rows)]
+        rows = [{k: plain_value(batch[k][i]) for k in keys} for i in range(n)]
+        ids = [row_id(r, "", self.cols) for r in rows]
+        texts = [row_text(self.path, where_in_stream(rid), r, self.cols) for rid, r in zip(ids, rows)]
+        labels = [row_label(self.path, where_in_stream(rid), r, self.cols) for rid, r in zip(ids, rows)]
         splits = np.asarray([split_of(t, *self.split_args) for t in texts], np.int8)
         return ids, texts, labels, splits
 
@@ -209,9 +202,8 @@ def scan(path: Path, cfg: TrainConfig, advance: Any = None) -> tuple[list[str], 
     for name in ("val", "test"):
         for label in counts[name]:
             if label not in counts["train"]:
-                raise UserError(
-                    f"{path}: {_where(first[(name, label)])}: label {label!r} is in {name} but never in training"
-                )
+                where = where_in_stream(first[(name, label)])
+                raise UserError(f"{path}: {where}: label {label!r} is in {name} but never in training")
     return classes, counts, sample
 
 

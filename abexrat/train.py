@@ -25,16 +25,16 @@ from abexrat.precision import use_bf16
 EpochCallback = Callable[[int, dict[str, list[float]]], None]
 
 
-def stream_seed(seed: int, stream: int) -> int:
-    """An independent 63-bit seed for one of a seed's random streams."""
-    return int(np.random.SeedSequence([seed, stream]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+def derived_seed(seed: int, purpose: int) -> int:
+    """An independent 63-bit seed for one of a seed's random number generators (``purpose``: which one)."""
+    return int(np.random.SeedSequence([seed, purpose]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 def member_seeds(seeds: list[int], ensemble: int) -> list[int]:
     """The seeds of every MLP trained for ``seeds`` with ``ensemble`` MLPs per seed, seed by seed:
     a seed's first MLP is seed itself (so ``ensemble: 1`` trains exactly the single-MLP seeds), the
     others get seeds derived from it."""
-    return [m for s in seeds for m in [s, *(stream_seed(s, 100 + j) for j in range(1, ensemble))]]
+    return [m for s in seeds for m in [s, *(derived_seed(s, 100 + j) for j in range(1, ensemble))]]
 
 
 def class_alpha(cfg: TrainConfig, y: np.ndarray, n_classes: int) -> torch.Tensor | None:
@@ -184,11 +184,11 @@ def fit(
     device = resolve_device(cfg.train.device)
     Xt, yt = torch.from_numpy(np.ascontiguousarray(X, np.float32)), torch.from_numpy(y.astype(np.int64)).to(device)
     model = EnsembleMLP(S, d, cfg.model.hidden, n_classes, cfg.model.dropout, group=k)
-    model.reset([stream_seed(s, 0) for s in members])  # on the CPU: the same initial weights on every device
+    model.reset([derived_seed(s, 0) for s in members])  # on the CPU: the same initial weights on every device
     model.to(device)
-    shuffles = [np.random.default_rng(stream_seed(s, 1)) for s in members]
-    drop_gens = [np.random.Generator(np.random.SFC64(stream_seed(s, 2))) for s in members]  # the fastest raw bits
-    adv_gens = [torch.Generator().manual_seed(stream_seed(s, 3)) for s in members]
+    shuffles = [np.random.default_rng(derived_seed(s, 1)) for s in members]
+    drop_gens = [np.random.Generator(np.random.SFC64(derived_seed(s, 2))) for s in members]  # the fastest raw bits
+    adv_gens = [torch.Generator().manual_seed(derived_seed(s, 3)) for s in members]
     scale = mean_norm(X)
     a = cfg.adversarial
     eps: float | torch.Tensor = a.eps * scale

@@ -46,7 +46,7 @@ def test_train_returns_a_run_with_its_metrics_and_overrides(run) -> None:  # noq
 
 def test_predict_and_predict_proba_agree_with_the_cli(run, tiny_dir: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
     rows = json.loads((tiny_dir / "test.json").read_text())[:5]
-    from abexrat.data import compose_text
+    from abexrat.text import compose_text
 
     texts = [compose_text(r["title"], r["summary"]) for r in rows]
     proba = run.predict_proba(texts)

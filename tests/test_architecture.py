@@ -35,3 +35,12 @@ def test_every_top_level_module_has_a_layer() -> None:
     modules = {f"abexrat.{p.stem}" for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
     packages = {f"abexrat.{p.parent.name}" for p in PACKAGE.glob("*/__init__.py")}
     assert not (modules | packages) - placed, f"not in a layer: {sorted((modules | packages) - placed)}"
+
+
+def test_no_module_is_over_the_line_limit() -> None:
+    long = {
+        str(p.relative_to(REPO)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
+    assert not long, f"modules over {MAX_LINES} lines: {long}"

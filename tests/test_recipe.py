@@ -9,10 +9,10 @@ import yaml
 
 from abexrat.config import TrainConfig
 from abexrat.core.io import sha256_texts
-from abexrat.data import first_sentence, split_title
 from abexrat.datasets import load_dataset
 from abexrat.embed import EmbeddingCache, embed_texts
 from abexrat.features import build_encoder, featurize, fit_texts
+from abexrat.text import first_sentence, split_title
 
 
 def _cfg(tiny_config: Path, **encoder: object) -> TrainConfig:

@@ -30,7 +30,7 @@ AVERAGES = [
 
 
 def view_texts(texts: list[str], view: str) -> list[str]:
-    from abexrat.data import first_sentence, split_title
+    from abexrat.text import first_sentence, split_title
 
     if view == "untitled":
         return [split_title(t)[1] for t in texts]
