@@ -12,7 +12,7 @@
 >>> result.optuna_study.best_params              # the search's own Optuna study
 
 The command line (:mod:`abexrat.cli`) is a thin layer over these functions: the same config, the
-same folders, the same errors (:class:`abexrat.errors.UserError` with one line naming the file and
+same folders, the same errors (:class:`abexrat.core.errors.UserError` with one line naming the file and
 key or row). Nothing heavy is imported until a function runs.
 """
 
@@ -125,9 +125,9 @@ class Run:
 
     @property
     def loaded(self) -> Any:
-        """The encoder and models (:class:`abexrat.experiment.LoadedRun`), read once."""
+        """The encoder and models (:class:`abexrat.run_folder.LoadedRun`), read once."""
         if self._loaded is None:
-            from abexrat.experiment import load_run as load
+            from abexrat.run_folder import load_run as load
 
             self._loaded = load(self.folder)
         return self._loaded
@@ -262,8 +262,8 @@ def should_stream(path: Path, asked: bool) -> bool:
 
 
 def _rows(data: Any, text_column: str | None) -> tuple[Path, list[dict[str, Any]]]:
+    from abexrat.core.errors import UserError
     from abexrat.data import read_rows
-    from abexrat.errors import UserError
 
     if isinstance(data, str | Path):
         rows = read_rows(Path(data), text_field=text_column or "summary")
@@ -277,11 +277,11 @@ def _rows(data: Any, text_column: str | None) -> tuple[Path, list[dict[str, Any]
 
 def read_texts(where: Path, rows: list[dict[str, Any]], text_column: str | None) -> tuple[list[str], list[str]]:
     """Each row's id and text (``text_column``, else title + summary), checked as training checks them."""
-    from abexrat.data import Columns, _row_text
+    from abexrat.rows import Columns, row_id, row_text
 
     cols = Columns(text=text_column)
-    texts = [_row_text(where, i, r, cols) for i, r in enumerate(rows)]
-    ids = [str(r.get("id", r.get("idx", i))) for i, r in enumerate(rows)]
+    texts = [row_text(where, i, r, cols) for i, r in enumerate(rows)]
+    ids = [row_id(r, i) for i, r in enumerate(rows)]
     return ids, texts
 
 
@@ -290,7 +290,7 @@ def read_labeled(
 ) -> tuple[list[str], list[int]]:
     """The texts of labeled reports (a file or rows) and their class indices in ``classes``; a
     label the run does not know names its row."""
-    from abexrat.data import class_index
+    from abexrat.rows import class_index
 
     where, rows = _rows(data, text_column)
     _, texts = read_texts(where, rows, text_column)

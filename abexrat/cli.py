@@ -8,16 +8,14 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from abexrat.errors import Interrupted, UserError
+from abexrat.console import err, out, progress
+from abexrat.core.errors import Interrupted, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -32,8 +30,6 @@ from abexrat.augment.cli import augment_app  # noqa: E402
 app.add_typer(augment_app, name="augment")
 study_app = typer.Typer(no_args_is_help=True, help="Searches and ablations on Ray Tune + Optuna.")
 app.add_typer(study_app, name="study")
-out = Console()
-err = Console(stderr=True)
 
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="OSHA files folder (else $ABEXRAT_DATA_DIR, else the cache)")
@@ -46,47 +42,6 @@ StreamFlag = Annotated[
         ".jsonl, .csv or .parquet)",
     ),
 ]
-
-
-class Task:
-    """One progress bar: ``task(n)`` advances it by n; ``finish()`` ends a bar with no known total."""
-
-    def __init__(self, bar: Any, tid: Any) -> None:
-        self.bar, self.tid = bar, tid
-
-    def __call__(self, n: int = 1) -> None:
-        self.bar.advance(self.tid, n)
-
-    def finish(self) -> None:
-        done = next(t.completed for t in self.bar.tasks if t.id == self.tid)
-        self.bar.update(self.tid, total=done, completed=done)
-
-
-class Progress:
-    """Rich progress bars on stderr; ``task(name, total)`` returns a :class:`Task` (call it to advance)."""
-
-    def __init__(self, bar: Any) -> None:
-        self.bar = bar
-
-    def task(self, name: str, total: int | None) -> Task:
-        """``total=None``: a count with no known end (a file being scanned)."""
-        return Task(self.bar, self.bar.add_task(name, total=total))
-
-
-@contextmanager
-def progress() -> Iterator[Progress]:
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-    from rich.progress import Progress as RichProgress
-
-    with RichProgress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-    ) as bar:
-        yield Progress(bar)
 
 
 def _pct(x: float) -> str:
@@ -103,7 +58,7 @@ def data_fetch(
     url: Annotated[str | None, typer.Option(help="base URL instead of the pinned GitHub commit (a mirror)")] = None,
 ) -> None:
     """Download the OSHA splits from the paper's pinned commit and verify their sha256."""
-    from abexrat.data import fetch_osha, resolve_data_dir
+    from abexrat.osha import fetch_osha, resolve_data_dir
 
     if name != "osha":
         raise UserError(f"data fetch: unknown dataset {name!r} (known: osha)")
@@ -118,7 +73,7 @@ def data_check(
 ) -> None:
     """Load a dataset, print class counts per split, and fail (exit 2) on any problem."""
     from abexrat.config import load_train_config
-    from abexrat.experiment import load_dataset
+    from abexrat.datasets import load_dataset
 
     cfg = load_train_config(config, [f"data.data_dir={data_dir}"] if data_dir else [])
     ds = load_dataset(cfg)
@@ -156,8 +111,9 @@ def embed(
 ) -> None:
     """Embed every split of the dataset into the cache (a rerun encodes nothing it has seen)."""
     from abexrat.config import load_train_config
+    from abexrat.datasets import load_dataset
     from abexrat.encoders import leaves
-    from abexrat.experiment import build_encoder, featurize, load_dataset, n_to_embed
+    from abexrat.features import build_encoder, featurize, n_to_embed
 
     sets = ([f"encoder.name={encoder}"] if encoder else []) + ([f"data.data_dir={data_dir}"] if data_dir else [])
     cfg = load_train_config(config, sets)
@@ -266,7 +222,7 @@ def evaluate(
 
 
 def _print_scores(result: dict[str, Any], data: Path, json_out: Path | None) -> None:
-    from abexrat.io import write_json
+    from abexrat.core.io import write_json
 
     n = result["n"]
     table = Table(title=f"{data.name}: {n} reports, mean over {len(result['seeds'])} seed(s)")
@@ -382,7 +338,7 @@ def study_run(
         out.print(f"W&B runs are offline; upload them with: wandb sync {s['tracking']['dir']}/offline-run-*")
 
 
-# ---- report (issue 5) ----
+# ---------------------------------------------------------------- report
 
 
 @app.command()

@@ -18,7 +18,7 @@ import numpy as np
 from abexrat.config import TrainConfig
 from abexrat.data import Dataset, Split, stratified_folds
 from abexrat.embed import EmbeddingCache
-from abexrat.experiment import Features, build_encoder, featurize
+from abexrat.features import Features, build_encoder, featurize
 from abexrat.metrics import score
 from abexrat.train import fit, predict_proba
 

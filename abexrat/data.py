@@ -1,4 +1,5 @@
-"""Datasets: the published OSHA splits, a user's own tables, splits, folds and downloads.
+"""Datasets: rows read from files and checked, splits of them, folds and the augmentation ratio
+(the published OSHA files are loaded by :mod:`abexrat.osha`).
 
 A report's text is its title and summary joined, whitespace collapsed. Rows are checked
 on load; every problem is a :class:`UserError` naming the file and the row.
@@ -11,7 +12,6 @@ import math
 import os
 import re
 import sys
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from abexrat.errors import UserError
-from abexrat.io import cache_dir, clip, sha256_file, short_repr, write_bytes
+from abexrat.core.errors import UserError
+from abexrat.core.io import clip, short_repr
+from abexrat.rows import Columns, row_id, row_label, row_text
 
 OSHA_CLASSES: tuple[str, ...] = (
     "FALLS,SLIPS,TRIPS",
@@ -31,45 +32,7 @@ OSHA_CLASSES: tuple[str, ...] = (
     "OVEREXERTION AND BODILY REACTION",
     "VIOLENCE AND OTHER INJURIES BY PERSONS OR ANIMALS",
 )
-OSHA_COMMIT = "ac3a80cc4ba2b0c7a327c86f7d97d9fd1dd62200"
-OSHA_URL = f"https://raw.githubusercontent.com/nxcc-lab/ABEX-RAT/{OSHA_COMMIT}/data"
-OSHA_FILES: dict[str, str] = {
-    "train_aug.json": "a8512aaed17f857245d3bbd1a8b13d64a42ae091759109489ecc3ee9d11662b0",
-    "val.json": "c4d4ff54b819193adaf7a84a64f3d9f4ac083d929ca153a34cbb6fb618c0336f",
-    "test.json": "f8032b6f87aea091e1cfff14da187ad27226da5f674a0a6d157d8e91d471871e",
-}
-_AUG_ID = re.compile(r"^(?P<src>.+)-aug-(?P<k>\d+)$")
-_SPACE = re.compile(r"\s+")
-
-
-# A report's title and summary are one text with the title on its first line: the only line
-# break a text can hold (whitespace inside each part is collapsed), so the encoders can weigh the
-# title on its own (``encoder.title_weight``) while every other stage sees a single string.
-TITLE_SEP = "\n"
-
-
-def compose_text(title: str | None, summary: str | None) -> str:
-    """Title and summary as one report: whitespace collapsed, empty parts dropped, the title
-    (when both are present) on the first line."""
-    parts = [_SPACE.sub(" ", p).strip() for p in (title, summary) if p]
-    return TITLE_SEP.join(p for p in parts if p)
-
-
-def split_title(text: str) -> tuple[str, str]:
-    """(title, rest) of a composed text; ("", text) when it has no title line."""
-    title, sep, rest = text.partition(TITLE_SEP)
-    return (title, rest) if sep else ("", text)
-
-
-# A sentence ends at . ! or ? after a lower-case letter, a digit or a bracket, before a capital:
-# "a.m. on" and "No. 2" do not end one, "...the ladder. Employee #1 fell" does.
-SENTENCE_END = re.compile(r"(?<=[a-z0-9)][.!?])\s+(?=[A-Z])")
-
-
-def first_sentence(text: str) -> str:
-    """The first sentence of a report's narrative, without its title: a short one-line report."""
-    narrative = " ".join(split_title(text)[1].split())
-    return SENTENCE_END.split(narrative, maxsplit=1)[0]
+AUG_ID = re.compile(r"^(?P<src>.+)-aug-(?P<k>\d+)$")
 
 
 @dataclass(frozen=True)
@@ -203,59 +166,6 @@ def read_rows(path: str | Path, text_field: str | None = None) -> list[dict[str,
     return rows
 
 
-@dataclass(frozen=True)
-class Columns:
-    """Which fields of a user's rows hold what. ``text`` wins over title + summary."""
-
-    text: str | None = None
-    label: str = "gold"
-    title: str = "title"
-    summary: str = "summary"
-    id: str = "id"
-
-
-def _at(i: int | str) -> str:
-    """Where a row is, for messages: ``row 12`` (its number) or a caller's words (``row id '7'``)."""
-    return f"row {i}" if isinstance(i, int) else i
-
-
-def _row_text(path: Path, i: int | str, row: dict[str, Any], cols: Columns) -> str:
-    fields = [cols.text] if cols.text else [cols.title, cols.summary]
-    if not any(f in row for f in fields):
-        raise UserError(f"{path}: {_at(i)}: missing column {' and '.join(map(short_repr, fields))}")
-    for f in fields:
-        if row.get(f) is not None and not isinstance(row[f], str):
-            raise UserError(f"{path}: {_at(i)}: column {short_repr(f)} must be text, got {type(row[f]).__name__}")
-    text = (
-        compose_text(None, row.get(cols.text))
-        if cols.text
-        else compose_text(row.get(cols.title), row.get(cols.summary))
-    )
-    if not text:
-        raise UserError(f"{path}: {_at(i)}: empty or null text")
-    return text
-
-
-def class_index(path: Path, where: str, row: dict[str, Any], label_column: str, index: dict[str, int]) -> int:
-    """The class index of a scored row's label; a missing label or one the run never saw is a UserError."""
-    label = row.get(label_column)
-    if label not in index:
-        what = "missing" if label is None else f"{label!r} is not a class of this run"
-        raise UserError(f"{path}: {where}: label column {label_column!r}: {what}")
-    return index[label]
-
-
-def _row_label(path: Path, i: int | str, row: dict[str, Any], cols: Columns) -> str:
-    if cols.label not in row:
-        raise UserError(f"{path}: {_at(i)}: missing column {short_repr(cols.label)}")
-    label = row[cols.label]
-    if not isinstance(label, str) or not label.strip():
-        raise UserError(
-            f"{path}: {_at(i)}: label {short_repr(cols.label)} must be a non-empty string, got {short_repr(label)}"
-        )
-    return label.strip()
-
-
 @dataclass
 class _Rows:
     path: Path
@@ -264,7 +174,7 @@ class _Rows:
     labels: list[str]
 
 
-def parse_rows(path: str | Path, cols: Columns = Columns(), id_fields: tuple[str, ...] = ("id", "idx")) -> _Rows:
+def parse_rows(path: str | Path, cols: Columns = Columns()) -> _Rows:
     """Read and check a labeled file: every row has text, a label and a unique id."""
     path = Path(path)
     rows = read_rows(path)
@@ -272,14 +182,13 @@ def parse_rows(path: str | Path, cols: Columns = Columns(), id_fields: tuple[str
         raise UserError(f"{path}: no rows")
     ids, texts, labels, seen = [], [], [], {}
     for i, row in enumerate(rows):
-        rid = next((row[f] for f in (cols.id, *id_fields) if row.get(f) is not None), i)
-        rid = str(rid)
+        rid = row_id(row, i, cols)
         if rid in seen:
             raise UserError(f"{path}: row {i}: duplicate id {short_repr(rid)} (first at row {seen[rid]})")
         seen[rid] = i
         ids.append(rid)
-        texts.append(_row_text(path, i, row, cols))
-        labels.append(_row_label(path, i, row, cols))
+        texts.append(row_text(path, i, row, cols))
+        labels.append(row_label(path, i, row, cols))
     return _Rows(path, ids, texts, labels)
 
 
@@ -313,34 +222,14 @@ def _class_order(labels: list[str]) -> list[str]:
     return sorted(present)
 
 
-# ---------------------------------------------------------------- OSHA
+# ---------------------------------------------------------------- datasets from rows
 
 
-def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
-    """``--data-dir``, then ``$ABEXRAT_DATA_DIR``, then the user cache."""
-    if data_dir:
-        return Path(data_dir)
-    if env := os.environ.get("ABEXRAT_DATA_DIR"):
-        return Path(env)
-    return cache_dir() / "data" / "osha"
-
-
-def load_osha(data_dir: str | Path | None = None) -> Dataset:
-    """The paper's splits: originals (int id) and synthetic rows (``"<src>-aug-<k>"``) of train_aug.json."""
-    d = resolve_data_dir(data_dir)
-    missing = [f for f in OSHA_FILES if not (d / f).is_file()]
-    if missing:
-        raise UserError(f"{d / missing[0]}: file not found (run `abexrat data fetch osha` or pass --data-dir)")
-    train_rows = parse_rows(d / "train_aug.json")
-    orig = [i for i, rid in enumerate(train_rows.ids) if not _AUG_ID.match(rid)]
-    synth = [i for i, rid in enumerate(train_rows.ids) if _AUG_ID.match(rid)]
-    val_rows, test_rows = parse_rows(d / "val.json"), parse_rows(d / "test.json")
-    return _assemble("osha", train_rows, orig, synth, val_rows, test_rows)
-
-
-def _assemble(
+def assemble_dataset(
     name: str, train_rows: _Rows, orig: list[int], synth: list[int], val_rows: _Rows, test_rows: _Rows
 ) -> Dataset:
+    """A dataset from parsed rows: ``orig`` and ``synth`` index the training file's originals and
+    synthetic rows (each naming its original); every split is checked disjoint from the others."""
     if not orig:
         raise UserError(f"{train_rows.path}: no original (non-synthetic) training rows")
     classes = _class_order([train_rows.labels[i] for i in orig])
@@ -350,7 +239,7 @@ def _assemble(
     synthetic = _to_split(train_rows, classes, synth)
     sources = []
     for i, rid in zip(synth, synthetic.ids):
-        src = _AUG_ID.match(rid)["src"]  # type: ignore[index]
+        src = AUG_ID.match(rid)["src"]  # type: ignore[index]
         if src not in orig_ids:
             raise UserError(
                 f"{train_rows.path}: row {i}: synthetic row {short_repr(rid)} names source {short_repr(src)}, "
@@ -368,9 +257,9 @@ def _assemble(
 def load_splits(train: str | Path, val: str | Path, test: str | Path, cols: Columns = Columns()) -> Dataset:
     """A user's own three files; rows of train with ids ``"<src>-aug-<k>"`` are synthetic."""
     tr = parse_rows(train, cols)
-    orig = [i for i, rid in enumerate(tr.ids) if not _AUG_ID.match(rid)]
-    synth = [i for i, rid in enumerate(tr.ids) if _AUG_ID.match(rid)]
-    return _assemble(Path(train).stem, tr, orig, synth, parse_rows(val, cols), parse_rows(test, cols))
+    orig = [i for i, rid in enumerate(tr.ids) if not AUG_ID.match(rid)]
+    synth = [i for i, rid in enumerate(tr.ids) if AUG_ID.match(rid)]
+    return assemble_dataset(Path(train).stem, tr, orig, synth, parse_rows(val, cols), parse_rows(test, cols))
 
 
 def load_table(
@@ -442,38 +331,3 @@ def select_synthetic(
         order = rows[rng.permutation(len(rows))]
         chosen.append(order[: math.ceil(ratio * len(rows))])
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
-
-
-# ---------------------------------------------------------------- download
-
-
-def fetch_osha(dest: str | Path | None = None, base_url: str | None = None, progress: Any = None) -> list[Path]:
-    """Download the three OSHA files from the pinned commit and verify their sha256.
-
-    ``base_url`` (or ``$ABEXRAT_OSHA_URL``) replaces the GitHub address, e.g. for a mirror.
-    A file already present with the right digest is not downloaded again.
-    """
-    dest = resolve_data_dir(dest)
-    base = (base_url or os.environ.get("ABEXRAT_OSHA_URL") or OSHA_URL).rstrip("/")
-    out = []
-    for name, digest in OSHA_FILES.items():
-        target = dest / name
-        if target.is_file() and sha256_file(target) == digest:
-            out.append(target)
-            continue
-        url = f"{base}/{name}"
-        try:
-            with urllib.request.urlopen(url, timeout=60) as resp:
-                data = resp.read()
-        except Exception as e:
-            raise UserError(f"{url}: download failed ({clip(str(e), 160)})") from None
-        import hashlib
-
-        got = hashlib.sha256(data).hexdigest()
-        if got != digest:
-            raise UserError(f"{url}: sha256 mismatch (expected {digest[:12]}..., got {got[:12]}...); nothing written")
-        write_bytes(target, data)
-        if progress:
-            progress(name, len(data))
-        out.append(target)
-    return out

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from abexrat.data import split_title
+from abexrat.core.io import cache_dir, sha256_bytes, write_bytes
 from abexrat.encoders import Encoder, leaves, save_encoder
-from abexrat.io import cache_dir, sha256_bytes, write_bytes
+from abexrat.text import split_title
 
 ENCODE_CHUNK = 2048
 
@@ -119,17 +119,17 @@ def _drop_stale_temps(folder: Path) -> None:
 def prepare(enc: Encoder, fit_texts: list[str] | None) -> None:
     """Name the fit corpus of every leaf that needs one, so that the keys are final."""
     for leaf in leaves(enc):
-        if leaf.needs_fit and not getattr(leaf, "fitted", False):
+        if not leaf.fitted:
             if fit_texts is None:
                 raise ValueError(f"{leaf.name}: needs training texts to fit on")
-            leaf.set_fit_corpus(fit_texts)  # type: ignore[attr-defined]
+            leaf.set_fit_corpus(fit_texts)
 
 
 def ensure_fitted(
     leaf: Encoder, fit_texts: list[str] | None, cache: EmbeddingCache, stats: EmbedStats | None = None
 ) -> None:
     """Load the leaf's fitted state from the cache, or fit it and store the state."""
-    if not leaf.needs_fit or getattr(leaf, "fitted", False):
+    if leaf.fitted:
         return
     folder = cache.encoder_dir(leaf.key)
     if folder.is_dir():
@@ -166,7 +166,7 @@ def embed_texts(
     ``fit_texts`` are the training originals for encoders that fit (tf-idf); ``progress``
     is called with the number of texts encoded after each chunk.
 
-    With ``enc.title_weight`` w > 0, a text with a title line (see ``abexrat.data.compose_text``)
+    With ``enc.title_weight`` w > 0, a text with a title line (see ``abexrat.text.compose_text``)
     becomes l2(l2(v(text)) + w l2(v(title))): the title counts as much as the whole narrative
     however long that is. Texts without a title (a bare narrative, a synthetic row) keep l2(v(text)).
     """

@@ -22,8 +22,9 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from abexrat.errors import UserError
-from abexrat.io import atomic_path, sha256_bytes, sha256_texts, write_json
+from abexrat.core.errors import UserError
+from abexrat.core.io import atomic_path, sha256_texts, write_json
+from abexrat.encoder_base import Encoder, _l2
 
 ENCODERS: dict[str, Callable[..., Encoder]] = {}
 
@@ -34,55 +35,6 @@ def register_encoder(name: str) -> Callable[[type], type]:
         return cls
 
     return deco
-
-
-def _l2(x: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(n, 1e-12)).astype(np.float32)
-
-
-class Encoder:
-    """Base class. Subclasses set ``name``/``version`` and implement ``encode``."""
-
-    name: ClassVar[str] = ""
-    version: ClassVar[str] = "1"
-    needs_fit: ClassVar[bool] = False
-    parts: tuple[Encoder, ...] = ()
-    # A titled report's vector is l2(l2(v(text)) + title_weight * l2(v(title))) (``embed_texts``).
-    # Set after construction (``encoder.title_weight``), not an option: it does not change the
-    # vector of any one text, so per-text caches stay valid whatever the weight.
-    title_weight: float = 0.0
-    # Fit (tf-idf) on the synthetic pool's texts too, not only the training originals: the rare
-    # classes' vocabulary then gets directions of its own in the SVD (``encoder.fit_synthetic``).
-    fit_synthetic: bool = False
-
-    def options(self) -> dict[str, Any]:
-        return {}
-
-    @property
-    def dim(self) -> int:
-        raise NotImplementedError
-
-    @property
-    def key(self) -> str:
-        opts = json.dumps(self.options(), sort_keys=True)
-        return f"{self.name}-v{self.version}-{sha256_bytes(opts.encode())[:12]}"
-
-    def fit(self, texts: list[str]) -> None:
-        """Learn from training texts (a no-op for pretrained encoders)."""
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        raise NotImplementedError
-
-    def combine(self, parts: list[np.ndarray]) -> np.ndarray:
-        raise NotImplementedError
-
-    # Saved as ``encoder.json`` (name + options) and ``encoder.safetensors`` (fitted arrays).
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {}
-
-    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        pass
 
 
 @register_encoder("wordllama")
@@ -181,7 +133,7 @@ class TfidfSvdEncoder(Encoder):
         """Name the corpus that ``fit`` will use, so the key is known before fitting."""
         self.fit_digest = sha256_texts(texts)
 
-    def fit(self, texts: list[str]) -> None:
+    def fit(self, texts: list[str]) -> TfidfSvdEncoder:
         from sklearn.decomposition import TruncatedSVD
 
         self.set_fit_corpus(texts)
@@ -195,6 +147,7 @@ class TfidfSvdEncoder(Encoder):
         comps = np.zeros((self.dim_, tf.shape[1]), np.float32)
         comps[:k] = svd.components_
         self._vectorizer, self._components = vec, comps
+        return self
 
     @property
     def fitted(self) -> bool:
@@ -315,17 +268,26 @@ class HybridEncoder(Concatenation):
         )
 
 
-def make_encoder(spec: str, **options: Any) -> Encoder:
-    """A registered encoder's name (``"wordllama"``, ``"tfidf-svd"``, ``"combined"``, ``"hybrid"``),
-    ``"hf:<model>"`` or ``"vllm:<model>"``, built with its options."""
+def encoder_class(spec: str) -> Callable[..., Encoder] | None:
+    """What builds the encoder ``spec`` names: ``hf:<model>`` and ``vllm:<model>`` by prefix (imported
+    only then: they bring torch or vLLM), else the registry's entry (None if unknown)."""
     if spec.startswith("hf:"):
         from abexrat.hf import HFEncoder
 
-        return HFEncoder(model=spec[3:], **options)
+        return HFEncoder
     if spec.startswith("vllm:"):
         from abexrat.vllm import VLLMEncoder
 
-        return VLLMEncoder(model=spec[5:], **options)
+        return VLLMEncoder
+    return ENCODERS.get(spec)
+
+
+def make_encoder(spec: str, **options: Any) -> Encoder:
+    """A registered encoder's name (``"wordllama"``, ``"tfidf-svd"``, ``"combined"``, ``"hybrid"``),
+    ``"hf:<model>"`` or ``"vllm:<model>"``, built with its options."""
+    if spec.startswith(("hf:", "vllm:")):
+        model = spec.split(":", 1)[1]
+        return encoder_class(spec)(model=model, **options)
     if spec not in ENCODERS:
         raise UserError(
             f"encoder: unknown encoder {spec!r} (known: {', '.join(sorted(ENCODERS))}, hf:<model>, vllm:<model>)"

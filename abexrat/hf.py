@@ -29,8 +29,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from abexrat.encoders import Encoder, _l2
-from abexrat.errors import UserError
+from abexrat.core.errors import UserError
+from abexrat.encoder_base import Encoder, _l2
 from abexrat.hub import ResolvedModel, folder_fingerprint, resolve_model
 
 POOLINGS = ("mean", "last")
@@ -79,7 +79,7 @@ class HFEncoder(Encoder):
 
         if torch.cuda.is_available():
             return "bf16"
-        from abexrat.train import use_bf16
+        from abexrat.precision import use_bf16
 
         return "bf16" if use_bf16("auto") else "fp32"
 

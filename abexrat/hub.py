@@ -34,8 +34,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from abexrat.errors import UserError
-from abexrat.io import cache_dir, clip, sha256_file
+from abexrat.core.errors import UserError
+from abexrat.core.io import cache_dir, clip, sha256_file
 
 # What a model folder needs for from_pretrained: never pickled checkpoints (.bin, .pt, .h5, .msgpack).
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.gguf", "tokenizer*"]

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from abexrat.data import TITLE_SEP, first_sentence, split_title
+from abexrat.text import TITLE_SEP, first_sentence, split_title
 
 if TYPE_CHECKING:
     from abexrat.config import RobustnessConfig
@@ -129,6 +129,6 @@ def dataset_vectors(
     ds: Dataset, enc: Encoder, cfg: RobustnessConfig, cache: EmbeddingCache | None = None
 ) -> dict[str, dict[str, np.ndarray]]:
     """:func:`perturbed_vectors` of a dataset's val and test reports (the encoder fitted as for training)."""
-    from abexrat.experiment import fit_texts
+    from abexrat.features import fit_texts
 
     return perturbed_vectors({"val": ds.val.texts, "test": ds.test.texts}, enc, cfg, fit_texts(ds, enc), cache)

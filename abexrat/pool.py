@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from abexrat.core.errors import UserError
+from abexrat.core.io import clip, short_repr
 from abexrat.data import Dataset, Split
-from abexrat.errors import UserError
-from abexrat.io import clip, short_repr
 
 POOL_COLUMNS = ("id", "source_id", "label", "text")
 

@@ -198,7 +198,7 @@ def run_scale(folder: Any) -> float:
     import json
     from pathlib import Path
 
-    from abexrat.errors import UserError
+    from abexrat.core.errors import UserError
 
     for meta in sorted(Path(folder).glob("models/seed-*/model.json")):
         scale = json.loads(meta.read_text()).get("input_scale")
@@ -208,7 +208,7 @@ def run_scale(folder: Any) -> float:
 
 
 def evaluate_run(run: Any, X: np.ndarray, y: np.ndarray, texts: list[str]) -> dict[str, Any]:
-    """``abexrat evaluate --robustness``: a loaded run (:func:`abexrat.experiment.load_run`) on one
+    """``abexrat evaluate --robustness``: a loaded run (:func:`abexrat.run_folder.load_run`) on one
     labeled file, under the run's own robustness settings (its config's ``robustness``, else the defaults)."""
     from abexrat.config import RobustnessConfig
     from abexrat.perturb import perturbed_vectors

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from abexrat.errors import UserError
+from abexrat.core.errors import UserError
+from abexrat.rows import Columns, class_index, plain_value, row_id, row_text, where_in_stream
 
 STREAM_BATCH = 512  # rows per batch: a few MB of text and vectors at a time
 STREAM_SUFFIXES = (".jsonl", ".csv", ".parquet", ".pq")
@@ -68,7 +69,7 @@ class Scorer:
     """
 
     def __init__(self, run_dir: str, path: str, text_column: str | None, label_column: str | None) -> None:
-        from abexrat.experiment import load_run
+        from abexrat.run_folder import load_run
 
         self.run = load_run(run_dir)
         self.path, self.text_column, self.label_column = Path(path), text_column, label_column
@@ -93,45 +94,32 @@ class Scorer:
     def _score(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        from abexrat.data import Columns, _row_text, class_index
         from abexrat.embed import embed_texts
         from abexrat.train import predict_proba
 
         torch.set_num_threads(1)
         keys = list(batch)
         n = len(batch[keys[0]]) if keys else 0
-        rows = [{k: _plain(batch[k][i]) for k in keys} for i in range(n)]
-        ids = [str(r.get("id", r.get("idx", ""))) for r in rows]
+        rows = [{k: plain_value(batch[k][i]) for k in keys} for i in range(n)]
+        ids = [row_id(r, "") for r in rows]
         cols = Columns(text=self.text_column)
-        texts = [_row_text(self.path, _where(ids[i]), r, cols) for i, r in enumerate(rows)]
+        texts = [row_text(self.path, where_in_stream(ids[i]), r, cols) for i, r in enumerate(rows)]
         proba = predict_proba(self.run.model, embed_texts(self.run.encoder, texts))  # (S, n, C)
         out = {"id": np.asarray(ids, dtype=object), "proba": proba.mean(0), "pred": proba.argmax(-1).T}
         if self.label_column is not None:
             gold = [
-                class_index(self.path, _where(ids[i]), r, self.label_column, self.index) for i, r in enumerate(rows)
+                class_index(self.path, where_in_stream(ids[i]), r, self.label_column, self.index)
+                for i, r in enumerate(rows)
             ]
             out["gold"] = np.asarray(gold, np.int64)
         return out
-
-
-def _plain(v: Any) -> Any:
-    """A numpy scalar or NaN (CSV's empty cell) as the plain value ``_row_text`` expects."""
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and v != v:
-        return None
-    return v
-
-
-def _where(rid: str) -> str:
-    return f"row id {rid!r}" if rid else "a row without an id"
 
 
 def scored_batches(
     run_dir: Path, path: Path, text_column: str | None, label_column: str | None = None
 ) -> Iterator[dict[str, np.ndarray]]:
     """Scorer output for every batch of ``path``, in file order, with an embedded local Ray if none runs."""
-    from abexrat.study.runner import connect
+    from abexrat.core.ray_session import connect
 
     started = connect(None)
     setup_data()

@@ -23,7 +23,7 @@ The run folder is an in-memory run's. Not streamed: synthetic pools (``data.aug_
 ``none``, or ``published``, of which a user's file has none) and the duplicate-id check.
 
 ``abexrat study run`` streams such a file through :func:`stream_features` too: its
-:class:`~abexrat.experiment.Features` are memory-mapped, and pickle (``ray.put``) as the folder's
+:class:`~abexrat.features.Features` are memory-mapped, and pickle (``ray.put``) as the folder's
 name, so every trial maps the same files.
 """
 
@@ -43,32 +43,23 @@ from typing import Any
 import numpy as np
 
 from abexrat.config import TrainConfig
-from abexrat.data import (
-    Columns,
-    _check_fits_in_memory,
-    _class_order,
-    _row_label,
-    _row_text,
-    first_sentence,
-    fits_in_memory,
-    split_title,
-)
+from abexrat.core.errors import UserError
+from abexrat.data import _check_fits_in_memory, _class_order, fits_in_memory
+from abexrat.datasets import columns
 from abexrat.encoders import Encoder
-from abexrat.errors import UserError
-from abexrat.experiment import Features
+from abexrat.feature_files import FORMAT, SPLITS, discard_unless_whole, open_split
+from abexrat.features import Features
+from abexrat.rows import plain_value, row_id, row_label, row_text, where_in_stream
 from abexrat.stream import (
     STREAM_SUFFIXES,
-    _plain,
-    _where,
     check_streamable,
     checked_batches,
     map_stream,
     setup_data,
 )
+from abexrat.text import first_sentence, split_title
 
 FIT_SAMPLE = 50_000  # training texts a fitted encoder learns from
-SPLITS = ("train", "val", "test")
-FORMAT = 1  # the feature files' layout; part of their cache key
 
 
 def wants_stream(cfg: TrainConfig, asked: bool) -> bool:
@@ -101,18 +92,19 @@ class RowReader:
     (raised by the driver) rather than as an exception, which Ray Data would retry and wrap."""
 
     def __init__(self, path: str, cfg: dict[str, Any]) -> None:
-        d = TrainConfig.model_validate(cfg).data
+        train_cfg = TrainConfig.model_validate(cfg)
+        d = train_cfg.data
         self.path = Path(path)
-        self.cols = Columns(text=d.text_column, label=d.label_column, title=d.title_column, summary=d.summary_column)
+        self.cols = columns(train_cfg)
         self.split_args = (d.split_seed, d.val_fraction, d.test_fraction)
 
     def rows(self, batch: dict[str, np.ndarray]) -> tuple[list[str], list[str], list[str], np.ndarray]:
         keys = list(batch)
         n = len(batch[keys[0]]) if keys else 0
-        rows = [{k: _plain(batch[k][i]) for k in keys} for i in range(n)]
-        ids = [str(next((r[f] for f in (self.cols.id, "id", "idx") if r.get(f) is not None), "")) for r in rows]
-        texts = [_row_text(self.path, _where(rid), r, self.cols) for rid, r in zip(ids, rows)]
-        labels = [_row_label(self.path, _where(rid), r, self.cols) for rid, r in zip(ids, rows)]
+        rows = [{k: plain_value(batch[k][i]) for k in keys} for i in range(n)]
+        ids = [row_id(r, "", self.cols) for r in rows]
+        texts = [row_text(self.path, where_in_stream(rid), r, self.cols) for rid, r in zip(ids, rows)]
+        labels = [row_label(self.path, where_in_stream(rid), r, self.cols) for rid, r in zip(ids, rows)]
         splits = np.asarray([split_of(t, *self.split_args) for t in texts], np.int8)
         return ids, texts, labels, splits
 
@@ -210,9 +202,8 @@ def scan(path: Path, cfg: TrainConfig, advance: Any = None) -> tuple[list[str], 
     for name in ("val", "test"):
         for label in counts[name]:
             if label not in counts["train"]:
-                raise UserError(
-                    f"{path}: {_where(first[(name, label)])}: label {label!r} is in {name} but never in training"
-                )
+                where = where_in_stream(first[(name, label)])
+                raise UserError(f"{path}: {where}: label {label!r} is in {name} but never in training")
     return classes, counts, sample
 
 
@@ -272,35 +263,6 @@ def encode(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def complete(folder: Path) -> bool:
-    """Whether ``folder`` holds whole feature files: each of the sizes its meta.json names (a file
-    cut short or grown by anything outside abexrat is encoded again)."""
-    try:
-        meta = json.loads((folder / "meta.json").read_text())
-        rows, dim = meta["rows"], int(meta["dim"])
-        ok = all(
-            (folder / f"{s}.f32").stat().st_size == 4 * dim * rows[s]
-            and (folder / f"{s}.y").stat().st_size == 8 * rows[s]
-            for s in SPLITS
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        ok = False
-    if not ok:
-        shutil.rmtree(folder, ignore_errors=True)
-    return ok
-
-
-def open_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """A split's vectors, memory-mapped (n, d) float32, and its labels (n,) int64."""
-    meta = json.loads((folder / "meta.json").read_text())
-    n, d = meta["rows"][split], meta["dim"]
-    y = np.fromfile(folder / f"{split}.y", np.int64)
-    if n == 0:
-        return np.zeros((0, d), np.float32), y
-    # copy-on-write: torch wants a writable array, and nothing must ever write back into the cache
-    return np.memmap(folder / f"{split}.f32", np.float32, mode="c", shape=(n, d)), y
-
-
 def confusion(model: Any, X: np.ndarray, y: np.ndarray, n_classes: int, chunk: int = 65536) -> np.ndarray:
     """Per-seed confusion matrices (S, C, C), rows true, scoring X a chunk at a time."""
     from abexrat.metrics import confusions
@@ -318,7 +280,7 @@ def stream_features(cfg: TrainConfig, progress: Any = None) -> tuple[Features, E
     up. Returns the memory-mapped features, the fitted encoder and what the streaming found."""
     from abexrat.embed import EmbeddingCache, EmbedStats, fitted_encoder
     from abexrat.encoders import save_encoder
-    from abexrat.experiment import build_encoder
+    from abexrat.features import build_encoder
 
     path = Path(cfg.data.dataset)
     if cfg.data.aug_pool not in ("none", "published"):
@@ -337,7 +299,7 @@ def stream_features(cfg: TrainConfig, progress: Any = None) -> tuple[Features, E
     stats.fit_s = time.perf_counter() - t_fit
     folder = cache.root / "streamed" / features_key(path, cfg, enc.key)
     n_rows = sum(sum(c.values()) for c in counts.values())
-    if complete(folder):
+    if discard_unless_whole(folder):
         stats.cached = n_rows
     else:
         advance = progress.task("encoding", n_rows) if progress else None
@@ -352,16 +314,16 @@ def stream_features(cfg: TrainConfig, progress: Any = None) -> tuple[Features, E
         raise UserError(f"{path}: too few rows for a val and a test split ({len(yv)} val, {len(yt)} test)")
     d = X.shape[1]
     empty = np.zeros((0, d), np.float32), np.zeros(0, np.int64)
-    feats = Features(classes, X, y, *empty, [], Xv, yv, Xt, yt, enc.key, stats, mapped=str(folder))
+    feats = Features(classes, X, y, *empty, [], Xv, yv, Xt, yt, enc.key, stats, memmap_dir=str(folder))
     info = {"rows": {s: dict(counts[s]) for s in SPLITS}, "fit_sample": len(sample), "features": str(folder)}
     return feats, enc, info
 
 
 def run_streamed(cfg: TrainConfig, out: Path, progress: Any = None) -> dict[str, Any]:
     """``abexrat train`` on a file larger than memory (see the module docstring). Returns metrics.json."""
-    from abexrat.experiment import run_metrics, save_run
+    from abexrat.core.ray_session import connect
     from abexrat.metrics import score_confusion
-    from abexrat.study.runner import connect
+    from abexrat.run_folder import run_metrics, save_run
     from abexrat.train import fit
 
     t0 = time.perf_counter()

@@ -64,7 +64,7 @@ def study(
 
 def load_study_result(path: str | Path) -> StudyResult:
     """A finished study's folder (its ``summary.json``) as a :class:`StudyResult`."""
-    from abexrat.study.runner import load_summary
+    from abexrat.study.summary import load_summary
 
     return StudyResult(Path(path), load_summary(Path(path)))
 

@@ -20,20 +20,21 @@ from abexrat.config import TrainConfig
 from abexrat.fused import StepInputs, mlp_focal_loss
 from abexrat.metrics import macro_f1
 from abexrat.model import EnsembleMLP
+from abexrat.precision import use_bf16
 
 EpochCallback = Callable[[int, dict[str, list[float]]], None]
 
 
-def stream_seed(seed: int, stream: int) -> int:
-    """An independent 63-bit seed for one of a seed's random streams."""
-    return int(np.random.SeedSequence([seed, stream]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+def derived_seed(seed: int, purpose: int) -> int:
+    """An independent 63-bit seed for one of a seed's random number generators (``purpose``: which one)."""
+    return int(np.random.SeedSequence([seed, purpose]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 def member_seeds(seeds: list[int], ensemble: int) -> list[int]:
     """The seeds of every MLP trained for ``seeds`` with ``ensemble`` MLPs per seed, seed by seed:
     a seed's first MLP is seed itself (so ``ensemble: 1`` trains exactly the single-MLP seeds), the
     others get seeds derived from it."""
-    return [m for s in seeds for m in [s, *(stream_seed(s, 100 + j) for j in range(1, ensemble))]]
+    return [m for s in seeds for m in [s, *(derived_seed(s, 100 + j) for j in range(1, ensemble))]]
 
 
 def class_alpha(cfg: TrainConfig, y: np.ndarray, n_classes: int) -> torch.Tensor | None:
@@ -46,7 +47,7 @@ def class_alpha(cfg: TrainConfig, y: np.ndarray, n_classes: int) -> torch.Tensor
         w = len(y) / (n_classes * np.maximum(counts, 1.0))
         return torch.tensor(w, dtype=torch.float32)
     if len(alpha) != n_classes:
-        from abexrat.errors import UserError
+        from abexrat.core.errors import UserError
 
         raise UserError(f"loss.alpha: {len(alpha)} weights for {n_classes} classes")
     return torch.tensor(alpha, dtype=torch.float32)
@@ -123,25 +124,10 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda"):
         index = int(device.split(":")[1]) if ":" in device else 0
         if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-            from abexrat.errors import UserError
+            from abexrat.core.errors import UserError
 
             raise UserError(f"train.device: {device} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
     return torch.device(device)
-
-
-def use_bf16(precision: str, device: torch.device | None = None) -> bool:
-    """Whether training multiplies in bf16: ``bf16``, or ``auto`` on a GPU that has bf16 (Ampere
-    and later) or a CPU with native bf16 products (AVX-512 BF16 or AMX: about 2.3x fp32's matmul
-    rate on the trainer's shapes). Elsewhere ``auto`` stays fp32, because emulated bf16 is slower
-    than fp32."""
-    if precision == "auto" and device is not None and device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if precision == "auto":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return precision == "bf16"
 
 
 def release_free_memory() -> None:
@@ -198,11 +184,11 @@ def fit(
     device = resolve_device(cfg.train.device)
     Xt, yt = torch.from_numpy(np.ascontiguousarray(X, np.float32)), torch.from_numpy(y.astype(np.int64)).to(device)
     model = EnsembleMLP(S, d, cfg.model.hidden, n_classes, cfg.model.dropout, group=k)
-    model.reset([stream_seed(s, 0) for s in members])  # on the CPU: the same initial weights on every device
+    model.reset([derived_seed(s, 0) for s in members])  # on the CPU: the same initial weights on every device
     model.to(device)
-    shuffles = [np.random.default_rng(stream_seed(s, 1)) for s in members]
-    drop_gens = [np.random.Generator(np.random.SFC64(stream_seed(s, 2))) for s in members]  # the fastest raw bits
-    adv_gens = [torch.Generator().manual_seed(stream_seed(s, 3)) for s in members]
+    shuffles = [np.random.default_rng(derived_seed(s, 1)) for s in members]
+    drop_gens = [np.random.Generator(np.random.SFC64(derived_seed(s, 2))) for s in members]  # the fastest raw bits
+    adv_gens = [torch.Generator().manual_seed(derived_seed(s, 3)) for s in members]
     scale = mean_norm(X)
     a = cfg.adversarial
     eps: float | torch.Tensor = a.eps * scale
@@ -384,6 +370,5 @@ def predict_proba(model: EnsembleMLP, X: np.ndarray, chunk: int = 8192) -> np.nd
 
 # ``abexrat.train(config, **overrides)`` is the API's train (this module stays the training loop).
 from abexrat._callable import make_callable  # noqa: E402
-from abexrat.api import train as _train  # noqa: E402
 
-make_callable(__name__, _train)
+make_callable(__name__, "abexrat.api:train")

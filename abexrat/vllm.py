@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from abexrat.encoders import Encoder, _l2
-from abexrat.errors import UserError
+from abexrat.core.errors import UserError
+from abexrat.encoder_base import Encoder, _l2
 
 
 def vllm_embed_config(

@@ -212,7 +212,7 @@ def main() -> None:
     import torch
 
     from abexrat.augment.prompts import abstraction_messages
-    from abexrat.data import load_osha
+    from abexrat.osha import load_osha
 
     t_all = time.perf_counter()
     ds = load_osha(args.data_dir)

@@ -32,7 +32,7 @@ from _common import REPO, machine, setup_env, write_json  # noqa: E402
 def osha_texts() -> tuple[list[str], list[str]]:
     """(every text of every split, the training originals the tf-idf fits on)."""
     from abexrat.config import load_train_config
-    from abexrat.experiment import load_dataset
+    from abexrat.datasets import load_dataset
 
     ds = load_dataset(load_train_config(REPO / "studies" / "baseline.yaml"))
     texts = [t for part in (ds.train, ds.synthetic, ds.val, ds.test) for t in part.texts]

@@ -36,8 +36,9 @@ def measure(overrides: list[str], splits: tuple[str, ...], threads: int) -> dict
     import torch
 
     from abexrat.config import load_train_config
+    from abexrat.datasets import load_dataset
     from abexrat.embed import EmbeddingCache
-    from abexrat.experiment import build_encoder, featurize, load_dataset
+    from abexrat.features import build_encoder, featurize
     from abexrat.perturb import dataset_vectors
     from abexrat.robustness import evaluate
     from abexrat.train import fit

@@ -64,7 +64,7 @@ def make_study(
     smaller budget; written to ``folder`` and read back with ``load_study`` as the CLI would."""
     import yaml
 
-    from abexrat.config import load_yaml
+    from abexrat.core.safe_yaml import load_yaml
     from abexrat.study.config import load_study
 
     quick = load_yaml(REPO / "studies" / "quickstart.yaml")
@@ -194,18 +194,19 @@ def run_ours(study: Any, out: Path) -> dict[str, Any]:
     import ray
 
     import abexrat.study.runner as runner
+    import abexrat.study.stages as stages
 
     timeline = _Timeline()
-    for name in ("run_search", "run_final", "_close"):
+    for name in ("run_search", "run_final", "close_callbacks"):
         if hasattr(runner, name):
             timeline.wrap(runner, name)
     clock = _trial_clock()
-    real_callbacks = runner._callbacks  # noqa: SLF001
+    real_callbacks = stages.stage_callbacks
 
     def callbacks(total: int, label: str, st: Any, job: str, *a: Any, **k: Any) -> list[Any]:
         return [*real_callbacks(total, label, st, job, *a, **k), *([clock] if job != "final" else [])]
 
-    runner._callbacks = callbacks  # noqa: SLF001
+    stages.stage_callbacks = callbacks
     # run_study puts the features into the object store: keep the ref to check how trials see them.
     refs: list[Any] = []
     real_put = ray.put
@@ -219,7 +220,7 @@ def run_ours(study: Any, out: Path) -> dict[str, Any]:
     # As run_study would (it then leaves this Ray up for the checks below).
     runner.connect(None, preload=runner.TRIAL_MODULES)
     ray_init_s = time.perf_counter() - t0
-    concurrent = runner._max_concurrent(study)  # noqa: SLF001
+    concurrent = stages.max_concurrent(study)
     ray.put = put
     try:
         with ProcessMemory() as mem:
@@ -229,10 +230,10 @@ def run_ours(study: Any, out: Path) -> dict[str, Any]:
         zero_copy = _zero_copy_check(refs[0]) if refs else None
     finally:
         ray.put = real_put
-        runner._callbacks = real_callbacks  # noqa: SLF001
+        stages.stage_callbacks = real_callbacks
         ray.shutdown()
     s0, s1 = timeline.first("run_search")
-    close_after = [t1_ for n, t0_, t1_ in timeline.events if n == "_close" and t0_ >= s1]
+    close_after = [t1_ for n, t0_, t1_ in timeline.events if n == "close_callbacks" and t0_ >= s1]
     search_end = close_after[0] if close_after else s1  # the W&B writes of the search trials drained
     search_wall = search_end - s0
     df = pd.read_parquet(out / "trials.parquet")
@@ -272,11 +273,12 @@ def _naive(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     from naive_study import run_naive
 
     import abexrat.study.runner as runner
+    import abexrat.study.stages as stages
 
     study = make_study("bench-naive", args.trials, args.epochs, args.seeds, root)
     runner.connect(None)  # the naive set-up: a plain ray.init
     try:
-        conc = runner._max_concurrent(study)  # noqa: SLF001
+        conc = stages.max_concurrent(study)
         n = run_naive(study, root / "naive", conc)
     finally:
         ray.shutdown()

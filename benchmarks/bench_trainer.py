@@ -54,8 +54,9 @@ def load_features(aug_ratio: float, synthetic: bool) -> tuple[Any, ...]:
         X = rng.normal(size=(6361, 640)).astype(np.float32)
         y = rng.integers(0, 7, 6361)
         return X, y, X[:447].copy(), y[:447].copy(), 7, cfg
+    from abexrat.datasets import load_dataset
     from abexrat.embed import EmbeddingCache
-    from abexrat.experiment import build_encoder, featurize, load_dataset
+    from abexrat.features import build_encoder, featurize
 
     feats = featurize(load_dataset(cfg), build_encoder(cfg), EmbeddingCache())
     X, y = feats.training_set_for(cfg)

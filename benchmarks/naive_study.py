@@ -36,8 +36,9 @@ def naive_trainable(config: dict[str, Any], study: dict[str, Any], seeds: list[i
     from sklearn.metrics import f1_score
     from torch import nn
 
+    from abexrat.datasets import load_dataset
     from abexrat.embed import EmbeddingCache
-    from abexrat.experiment import build_encoder, featurize, load_dataset
+    from abexrat.features import build_encoder, featurize
     from abexrat.model import focal_loss
     from abexrat.study.config import Study
 

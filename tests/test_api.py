@@ -46,7 +46,7 @@ def test_train_returns_a_run_with_its_metrics_and_overrides(run) -> None:  # noq
 
 def test_predict_and_predict_proba_agree_with_the_cli(run, tiny_dir: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
     rows = json.loads((tiny_dir / "test.json").read_text())[:5]
-    from abexrat.data import compose_text
+    from abexrat.text import compose_text
 
     texts = [compose_text(r["title"], r["summary"]) for r in rows]
     proba = run.predict_proba(texts)
@@ -76,7 +76,7 @@ def test_evaluate_a_file_or_rows_gives_what_the_cli_writes(run, tiny_dir: Path, 
 
 def test_bad_input_is_one_user_error(tmp_path: Path, run) -> None:  # noqa: ANN001
     import abexrat
-    from abexrat.errors import UserError
+    from abexrat.core.errors import UserError
 
     with pytest.raises(UserError, match="metrics.json: not found"):
         abexrat.load_run(tmp_path)

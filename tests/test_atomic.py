@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from abexrat.io import sha256_file
+from abexrat.core.io import sha256_file
 from tests.conftest import REPO
 
 EXE = str(Path(sys.executable).parent / "abexrat")
@@ -79,7 +79,7 @@ def _check_run_folder(out: Path, old: dict[str, str]) -> tuple[int, int, int]:
         else:
             n_new += 1
     if (out / "metrics.json").is_file():  # a finished run stays loadable: no half of one with the other
-        from abexrat.experiment import load_run
+        from abexrat.run_folder import load_run
 
         load_run(out)
     return n_old, n_new, n_tmp

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from abexrat.augment.cache import ChunkCache, GenStats, complete
 from abexrat.augment.config import AugmentConfig, FilterConfig, load_augment_config
 from abexrat.augment.engines import (
     ENGINES,
@@ -31,19 +32,10 @@ from abexrat.augment.engines import (
     vllm_postprocess,
 )
 from abexrat.augment.filters import FILTERS, apply_filters, label_probabilities, normalize
-from abexrat.augment.pipeline import (
-    PAUSE_ENV,
-    ChunkCache,
-    GenStats,
-    clean_generation,
-    complete,
-    derive_seed,
-    plan_sources,
-    run_augment,
-    spec_key,
-)
+from abexrat.augment.pipeline import PAUSE_ENV, clean_generation, run_augment
+from abexrat.augment.plan import derive_seed, plan_sources, spec_key
 from abexrat.augment.prompts import PROMPT_VERSION, abstraction_messages, expansion_messages, prompt_digest
-from abexrat.errors import UserError
+from abexrat.core.errors import UserError
 from tests.conftest import CLASS_WORDS, FILLER, REPO
 
 OVER, VIOL = "OVEREXERTION AND BODILY REACTION", "VIOLENCE AND OTHER INJURIES BY PERSONS OR ANIMALS"

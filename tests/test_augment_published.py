@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from abexrat.config import DataConfig, TrainConfig
 from abexrat.data import select_synthetic
-from abexrat.experiment import load_dataset
+from abexrat.datasets import load_dataset
 
 PAPER_COUNTS = {
     "TRANSPORTATION INCIDENTS": 955,

@@ -173,6 +173,10 @@ def test_missing_run_folder_is_a_clean_error(tmp_path: Path, cli) -> None:  # no
 BAD_CONFIGS = {
     "not yaml": ("model: [unclosed\n", "not valid YAML (line"),
     "not a mapping": ("- 1\n- 2\n", "expected a mapping of keys at the top level"),
+    # An empty file is a mistake (a wrong path, an unsaved editor), never "train the defaults".
+    "empty": ("", "empty; expected a mapping of keys at the top level"),
+    "only comments": ("# model:\n#   hidden: [64]\n", "empty; expected a mapping of keys at the top level"),
+    "a scalar": ("42\n", "expected a mapping of keys at the top level, got int"),
     "unknown key": ("model:\n  hiden: [64]\n", "model.hiden: unknown key"),
     "unknown section": ("optimizer: {lr: 0.1}\n", "optimizer: unknown key"),
     "wrong type": ("train:\n  epochs: many\n", "train.epochs: Input should be a valid integer"),

@@ -15,19 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from abexrat.data import (
-    OSHA_CLASSES,
-    OSHA_FILES,
-    Columns,
-    compose_text,
-    load_osha,
-    load_table,
-    resolve_data_dir,
-    select_synthetic,
-    split_title,
-    stratified_folds,
-)
-from abexrat.errors import UserError
+from abexrat.core.errors import UserError
+from abexrat.data import OSHA_CLASSES, load_table, select_synthetic, stratified_folds
+from abexrat.osha import OSHA_FILES, load_osha, resolve_data_dir
+from abexrat.rows import Columns
+from abexrat.text import compose_text, split_title
 
 
 def test_osha_splits_load_with_published_counts(osha_dir: Path) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from abexrat.core.errors import UserError
 from abexrat.embed import EmbeddingCache, EmbedStats, embed_texts
 from abexrat.encoders import load_encoder, make_encoder, save_encoder
-from abexrat.errors import UserError
 
 TEXTS = [
     "Employee falls from a ladder while painting the ceiling",
@@ -99,7 +99,7 @@ def test_a_corrupt_cache_shard_is_dropped_and_rebuilt(tmp_path: Path) -> None:
     b = embed_texts(enc, TEXTS, cache=cache, stats=stats)
     assert stats.encoded == 6 and np.allclose(a, b, atol=1e-6)
     # rewritten whole: the same content, so the same content-addressed name, and it verifies
-    from abexrat.io import sha256_file
+    from abexrat.core.io import sha256_file
 
     assert shard.exists() and sha256_file(shard) == shard.stem
 

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from abexrat.errors import UserError
+from abexrat.core.errors import UserError
 
 FUZZED: Counter[str] = Counter()
 MAX_MESSAGE = 300
@@ -455,7 +455,8 @@ def _check_rows(rows: Any) -> None:
 
 
 def _parse(path: Path, text_column: str | None = None) -> None:
-    from abexrat.data import Columns, parse_rows
+    from abexrat.data import parse_rows
+    from abexrat.rows import Columns
 
     _check_rows(clean(f"rows{path.suffix}", path, lambda: parse_rows(path, Columns(text=text_column))))
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from abexrat.core.errors import UserError
 from abexrat.embed import EmbeddingCache, EmbedStats, embed_texts
 from abexrat.encoders import load_encoder, make_encoder, save_encoder
-from abexrat.errors import UserError
 
 TEXTS = [
     "worker fell from ladder",

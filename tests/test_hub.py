@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from abexrat import hub
+from abexrat.core.errors import UserError
 from abexrat.encoders import make_encoder
-from abexrat.errors import UserError
 from tests.test_hf_encoders import TEXTS, make_tiny
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from abexrat.errors import UserError
+from abexrat.core.errors import UserError
 from abexrat.study.trial import TrialGuard, TrialLimitExceeded, private_memory
 from tests.test_study import study_file
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from abexrat.errors import UserError
+from abexrat.core.errors import UserError
 from abexrat.study.pareto import mark, pareto_mask
 from tests.test_study import local_ray, study_file  # noqa: F401 - the module-scoped Ray fixture
 from tests.wandb_files import read_runs

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from abexrat.study.runner import _starts_local_ray
+from abexrat.core.ray_session import _starts_local_ray
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -20,7 +20,8 @@ SCRIPT = textwrap.dedent(
     import json, os, sys, time
     from ray import tune
     from ray.tune.execution import class_cache
-    from abexrat.study.runner import TRIAL_MODULES, connect
+    from abexrat.core.ray_session import connect
+    from abexrat.study.runner import TRIAL_MODULES
 
     def trial(config):
         time.sleep(1.0)  # both trials run at once, each in its own actor

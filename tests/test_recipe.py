@@ -8,10 +8,11 @@ import numpy as np
 import yaml
 
 from abexrat.config import TrainConfig
-from abexrat.data import first_sentence, split_title
+from abexrat.core.io import sha256_texts
+from abexrat.datasets import load_dataset
 from abexrat.embed import EmbeddingCache, embed_texts
-from abexrat.experiment import build_encoder, featurize, fit_texts, load_dataset
-from abexrat.io import sha256_texts
+from abexrat.features import build_encoder, featurize, fit_texts
+from abexrat.text import first_sentence, split_title
 
 
 def _cfg(tiny_config: Path, **encoder: object) -> TrainConfig:

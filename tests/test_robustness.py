@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from abexrat.config import RobustnessConfig, TrainConfig
-from abexrat.data import TITLE_SEP, first_sentence, split_title
 from abexrat.perturb import PERTURBATIONS, perturb, perturbed_texts
 from abexrat.robustness import area, evaluate
+from abexrat.text import TITLE_SEP, first_sentence, split_title
 from abexrat.train import fit
 
 

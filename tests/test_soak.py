@@ -64,7 +64,7 @@ def test_trials_lost_with_their_worker_are_run_again(tmp_path: Path) -> None:
     import ray
     from ray import tune
 
-    from abexrat.study.runner import _fit
+    from abexrat.study.reruns import fit_with_reruns
 
     ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -78,7 +78,7 @@ def test_trials_lost_with_their_worker_are_run_again(tmp_path: Path) -> None:
                 name="exp", storage_path=str(tmp_path), verbose=0, failure_config=tune.FailureConfig(max_failures=0)
             ),
         )
-        results, _ = _fit(tuner, path, _dies_once, [])
+        results, _ = fit_with_reruns(tuner, path, _dies_once, [])
         trials = results._experiment_analysis.trials
         assert [t.status for t in trials] == ["TERMINATED"] * 3
         assert len({t.trial_id for t in trials}) == 3 and all(r.metrics["val_accuracy"] == 1.0 for r in results)

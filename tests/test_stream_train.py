@@ -46,10 +46,11 @@ def test_train_streams_a_file_too_large_for_memory(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import abexrat.data
-    from abexrat.data import compose_text
     from abexrat.embed import NoCache, embed_texts
     from abexrat.encoders import load_encoder
-    from abexrat.stream_train import open_split, split_of
+    from abexrat.feature_files import open_split
+    from abexrat.stream_train import split_of
+    from abexrat.text import compose_text
 
     rows = _rows(tiny_dir)
     data = _write(tmp_path / "reports.jsonl", rows)

@@ -388,8 +388,8 @@ def test_a_cv_study_selects_on_out_of_fold_scores(local_ray, tmp_path: Path, tin
     """cv: trials are scored on 3-fold CV over train+val (synthetic rows only from training folds);
     the search's val_* are the CV scores, recomputable by abexrat.cv; test stays out of selection."""
     from abexrat.cv import cv_datasets, cv_featurize, cv_train_and_score
+    from abexrat.datasets import load_dataset
     from abexrat.embed import EmbeddingCache
-    from abexrat.experiment import load_dataset
     from abexrat.study.config import load_study
     from abexrat.study.runner import run_study
 

@@ -49,7 +49,7 @@ def run(
     """
     from abexrat.augment.config import load_augment_config
     from abexrat.augment.pipeline import run_augment
-    from abexrat.cli import err, out, progress
+    from abexrat.console import err, out, progress
 
     overrides = list(set_ or []) + ([f"data.data_dir={data_dir}"] if data_dir else [])
     cfg = load_augment_config(config, overrides)
@@ -84,7 +84,7 @@ def import_published_cmd(
 ) -> None:
     """Turn the paper's 2,785 published synthetic rows (train_aug.json) into a pool of the same format."""
     from abexrat.augment.published import import_published
-    from abexrat.cli import out
+    from abexrat.console import out
 
     summary = import_published(out_dir, data_dir)
     out.print(_summary_table(summary, "published ABEX rows per class"))

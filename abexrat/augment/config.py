@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from abexrat.config import DataConfig, Strict, apply_overrides, load_yaml, validate
+from abexrat.config import DataConfig, Strict, apply_overrides, validate
+from abexrat.core.safe_yaml import load_yaml
 
 
 class AugmentData(Strict):

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from abexrat.errors import UserError
+from abexrat.core.errors import UserError
 
 if TYPE_CHECKING:
     from ray.data import Dataset

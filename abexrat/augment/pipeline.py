@@ -22,73 +22,33 @@ Batch size and actor counts change the speed, not the rows, so they are not in t
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from abexrat.augment.cache import ChunkCache, GenStats, complete
 from abexrat.augment.config import AugmentConfig, StepConfig
-from abexrat.augment.engines import ENGINES, check_actor_fit, model_identity, sampling_params
+from abexrat.augment.engines import ENGINES, check_actor_fit, sampling_params
 from abexrat.augment.filters import FILTERS, apply_filters
-from abexrat.augment.prompts import PROMPT_VERSION, abstraction_messages, expansion_messages, prompt_digest
+from abexrat.augment.plan import SourceJob, derive_seed, plan_sources, select_classes, spec_key
+from abexrat.augment.prompts import PROMPT_VERSION, abstraction_messages, expansion_messages
+from abexrat.core.io import atomic_path, write_json
 from abexrat.data import Dataset
-from abexrat.errors import UserError
-from abexrat.io import atomic_path, cache_dir, write_json
 
-CACHE_VERSION = "1"
 # Light CPU stages (building prompts) reserve nothing, so they run beside generator actors that
 # reserve every core.
 LIGHT_CPUS = 0
 # Seconds the driver waits after writing each chunk: only for watching or testing an interrupted run.
 PAUSE_ENV = "ABEXRAT_AUGMENT_CHUNK_PAUSE_S"
 POOL_FILE, REJECTED_FILE, SUMMARY_FILE = "pool.parquet", "rejected.parquet", "pool.json"
-CHUNK_COLUMNS = ("source_key", "source_id", "label", "k", "seed", "abstract", "text", "abstract_tokens", "text_tokens")
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL)
 _LEAD = re.compile(r"^\s*(abstract|report|new report|accident report|summary)\s*:\s*", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class SourceJob:
-    """One original report to augment with ``k`` synthetic reports."""
-
-    source_key: str
-    source_id: str
-    label: str
-    text: str
-    k: int
-
-
-@dataclass
-class GenStats:
-    """What a run generated vs found in the cache, and the tokens and seconds it took."""
-
-    sources: int = 0
-    sources_cached: int = 0
-    sources_generated: int = 0
-    rows_cached: int = 0
-    rows_generated: int = 0
-    chunks_written: int = 0
-    chunks_dropped: int = 0  # unreadable chunk files found in the cache (their sources regenerated)
-    abstract_tokens: int = 0
-    expand_tokens: int = 0
-    generate_s: float = 0.0
-
-    @property
-    def tokens_per_s(self) -> float:
-        return (self.abstract_tokens + self.expand_tokens) / self.generate_s if self.generate_s else 0.0
-
-
-def derive_seed(seed: int, source_id: str, k: int) -> int:
-    """A 31-bit seed of sample ``k`` of a source (k = 0: its abstract), stable across runs and machines."""
-    digest = hashlib.sha256(f"{seed}\0{source_id}\0{k}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 def clean_generation(text: str) -> str:
@@ -100,148 +60,6 @@ def clean_generation(text: str) -> str:
         if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
             text = text[1:-1].strip()
     return text
-
-
-# ---------------------------------------------------------------- plan
-
-
-def step_identity(step: StepConfig) -> dict[str, Any]:
-    """The parts of a step that change its output (not batch sizes or actor counts)."""
-    penalty = {"repetition_penalty": step.repetition_penalty} if step.repetition_penalty != 1.0 else {}
-    return {
-        **penalty,
-        "engine": step.engine,
-        "model": model_identity(str(step.model)),
-        "temperature": step.temperature,
-        "top_p": step.top_p,
-        "max_new_tokens": step.max_new_tokens,
-        "max_model_len": step.max_model_len,
-        "chat_template_kwargs": step.chat_template_kwargs,
-    }
-
-
-def spec_key(cfg: AugmentConfig) -> str:
-    spec = {
-        "cache_version": CACHE_VERSION,
-        "seed": cfg.seed,
-        "prompt_version": PROMPT_VERSION,
-        "prompts": prompt_digest(),
-        "abstract": step_identity(cfg.abstract),
-        "expand": {**step_identity(cfg.expand), "style": cfg.expand.style},
-    }
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def _source_key(spec: str, source_id: str, label: str, text: str, k: int) -> str:
-    blob = json.dumps([spec, source_id, label, text, k]).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
-def _by_class(value: int | dict[str, int] | None, cls: str, key: str, where: str) -> int:
-    if isinstance(value, dict):
-        if cls not in value:
-            raise UserError(f"{where}: {key}: no amount for class {cls!r}")
-        return value[cls]
-    return int(value or 0)
-
-
-def select_classes(cfg: AugmentConfig, ds: Dataset, where: str = "config") -> list[str]:
-    """The classes to augment, in the dataset's class order."""
-    for key in ("per_source", "target"):
-        value = getattr(cfg.amount, key)
-        for c in value if isinstance(value, dict) else []:
-            if c not in ds.classes:
-                raise UserError(
-                    f"{where}: amount.{key}: {c!r} is not a class of {ds.name} (classes: {', '.join(ds.classes)})"
-                )
-    sel = cfg.select
-    if sel.classes is not None:
-        for c in sel.classes:
-            if c not in ds.classes:
-                raise UserError(
-                    f"{where}: select.classes: {c!r} is not a class of {ds.name} (classes: {', '.join(ds.classes)})"
-                )
-        return [c for c in ds.classes if c in sel.classes]
-    if sel.max_originals is not None:
-        counts = np.bincount(ds.train.labels, minlength=len(ds.classes))
-        return [c for c, n in zip(ds.classes, counts) if n <= sel.max_originals]
-    amounts = cfg.amount.per_source if cfg.amount.per_source is not None else cfg.amount.target
-    if isinstance(amounts, dict):
-        return [c for c in ds.classes if c in amounts]
-    raise UserError(f"{where}: select: name the classes (select.classes) or a size threshold (select.max_originals)")
-
-
-def plan_sources(cfg: AugmentConfig, ds: Dataset, where: str = "config") -> list[SourceJob]:
-    """Every training original to augment with its k, in class order then training order.
-
-    ``per_source`` gives k directly; ``target`` T gives a class of n originals T - n synthetic rows,
-    ``floor`` shares for every source and one more for a seeded choice of the remainder.
-    """
-    spec = spec_key(cfg)
-    jobs = []
-    for cls in select_classes(cfg, ds, where):
-        c = ds.classes.index(cls)
-        rows = np.flatnonzero(ds.train.labels == c)
-        n_all = len(rows)
-        if cfg.select.max_sources_per_class is not None:
-            rows = rows[: cfg.select.max_sources_per_class]
-        if cfg.amount.per_source is not None:
-            ks = np.full(len(rows), _by_class(cfg.amount.per_source, cls, "amount.per_source", where))
-        else:
-            need = max(0, _by_class(cfg.amount.target, cls, "amount.target", where) - n_all)
-            base, extra = divmod(need, len(rows)) if len(rows) else (0, 0)
-            ks = np.full(len(rows), base)
-            rng = np.random.default_rng(derive_seed(cfg.seed, f"target:{cls}", 0))
-            ks[rng.choice(len(rows), size=extra, replace=False)] += 1
-        for i, k in zip(rows, ks):
-            if k > 0:
-                sid, text = ds.train.ids[i], ds.train.texts[i]
-                jobs.append(SourceJob(_source_key(spec, sid, cls, text, int(k)), sid, cls, text, int(k)))
-    return jobs
-
-
-# ---------------------------------------------------------------- cache
-
-
-class ChunkCache:
-    """Generated rows per source key, in Parquet chunks under ``root/augment/<spec key>/``."""
-
-    def __init__(self, root: Path | None, spec: str) -> None:
-        self.dir = (Path(root) if root else cache_dir()) / "augment" / spec
-
-    def load(self, stats: GenStats | None = None) -> dict[str, list[dict[str, Any]]]:
-        """Rows of every readable chunk, by source key; an unreadable chunk is deleted."""
-        import pyarrow.parquet as pq
-
-        found: dict[str, list[dict[str, Any]]] = {}
-        for path in sorted(self.dir.glob("*.parquet")) if self.dir.is_dir() else []:
-            try:
-                rows = pq.read_table(path, columns=list(CHUNK_COLUMNS)).to_pylist()
-            except Exception:
-                path.unlink(missing_ok=True)  # corrupt or truncated: its sources are generated again
-                if stats:
-                    stats.chunks_dropped += 1
-                continue
-            for r in rows:
-                found.setdefault(r["source_key"], []).append(r)
-        return found
-
-    def write(self, rows: list[dict[str, Any]]) -> Path:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        rows = sorted(rows, key=lambda r: (r["source_key"], r["k"]))
-        name = hashlib.sha256("\n".join(sorted({r["source_key"] for r in rows})).encode()).hexdigest()[:32]
-        path = self.dir / f"{name}.parquet"
-        table = pa.Table.from_pylist([{c: r[c] for c in CHUNK_COLUMNS} for r in rows])
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp)
-        return path
-
-
-def complete(rows: list[dict[str, Any]] | None, job: SourceJob) -> bool:
-    """Whether cached rows hold all k samples of a job."""
-    return rows is not None and sorted(r["k"] for r in rows) == list(range(1, job.k + 1))
 
 
 # ---------------------------------------------------------------- generation on Ray Data
@@ -365,7 +183,7 @@ def generate(
 def load_source_dataset(cfg: AugmentConfig) -> Dataset:
     """The dataset whose originals are augmented (no pool attached)."""
     from abexrat.config import TrainConfig
-    from abexrat.experiment import load_dataset
+    from abexrat.datasets import load_dataset
 
     return load_dataset(TrainConfig(data=cfg.data.as_data_config()))
 
@@ -446,6 +264,41 @@ def pool_schema() -> Any:
     )
 
 
+def _all_rows(
+    jobs: list[SourceJob],
+    cfg: AugmentConfig,
+    cache: ChunkCache,
+    stats: GenStats,
+    progress: Callable[[str, int], Callable[[int], None]] | None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Every job's generated rows by source key: from the cache, after generating what it lacks."""
+    cached = cache.load(stats)
+    missing = [j for j in jobs if not complete(cached.get(j.source_key), j)]
+    stats.sources_cached = len(jobs) - len(missing)
+    stats.rows_cached = sum(j.k for j in jobs) - sum(j.k for j in missing)
+    if missing:
+        tick = progress("generating (sources)", len(missing)) if progress else None
+        generate(missing, cfg, cache, stats, tick)
+        cached = cache.load(stats)
+    lost = [j for j in jobs if not complete(cached.get(j.source_key), j)]
+    if lost:
+        raise RuntimeError(f"{len(lost)} source(s) still missing from the cache {cache.dir} after generation")
+    return cached
+
+
+def _per_class(
+    classes: list[str], jobs: list[SourceJob], rows: list[dict[str, Any]], kept: np.ndarray
+) -> dict[str, dict[str, int]]:
+    """Sources, generated rows and kept rows of each selected class (pool.json's ``per_class``)."""
+    per_class = {c: {"sources": 0, "generated": 0, "kept": 0} for c in classes}
+    for j in jobs:
+        per_class[j.label]["sources"] += 1
+    for r, k in zip(rows, kept):
+        per_class[r["label"]]["generated"] += 1
+        per_class[r["label"]]["kept"] += int(k)
+    return per_class
+
+
 def run_augment(
     cfg: AugmentConfig,
     out_dir: Path,
@@ -465,17 +318,7 @@ def run_augment(
     spec = spec_key(cfg)
     cache = ChunkCache(cache_root, spec)
     stats = GenStats(sources=len(jobs))
-    cached = cache.load(stats)
-    missing = [j for j in jobs if not complete(cached.get(j.source_key), j)]
-    stats.sources_cached = len(jobs) - len(missing)
-    stats.rows_cached = sum(j.k for j in jobs) - sum(j.k for j in missing)
-    if missing:
-        tick = progress("generating (sources)", len(missing)) if progress else None
-        generate(missing, cfg, cache, stats, tick)
-        cached = cache.load(stats)
-    lost = [j for j in jobs if not complete(cached.get(j.source_key), j)]
-    if lost:
-        raise RuntimeError(f"{len(lost)} source(s) still missing from the cache {cache.dir} after generation")
+    cached = _all_rows(jobs, cfg, cache, stats, progress)
 
     rows = pool_rows(jobs, cached, cfg)
     index = {c: i for i, c in enumerate(ds.classes)}
@@ -500,12 +343,7 @@ def run_augment(
     schema = pool_schema()
     write_table(out_dir / POOL_FILE, [r for r, k in zip(rows, kept) if k], schema)
     write_table(out_dir / REJECTED_FILE, [r for r, k in zip(rows, kept) if not k], schema)
-    per_class = {c: {"sources": 0, "generated": 0, "kept": 0} for c in select_classes(cfg, ds, where)}
-    for j in jobs:
-        per_class[j.label]["sources"] += 1
-    for r, k in zip(rows, kept):
-        per_class[r["label"]]["generated"] += 1
-        per_class[r["label"]]["kept"] += int(k)
+    per_class = _per_class(select_classes(cfg, ds, where), jobs, rows, kept)
     summary = {
         "name": cfg.name,
         "kind": "abex",

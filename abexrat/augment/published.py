@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from abexrat.augment.pipeline import POOL_FILE, SUMMARY_FILE, pool_schema, versions, write_table
-from abexrat.data import OSHA_COMMIT, OSHA_FILES, load_osha, resolve_data_dir
-from abexrat.io import sha256_file, write_json
+from abexrat.core.io import sha256_file, write_json
+from abexrat.osha import OSHA_COMMIT, OSHA_FILES, load_osha, resolve_data_dir
 
 PUBLISHED_ENGINE = "published"
 # What the paper says produced them; the exact checkpoints and prompts were not released.

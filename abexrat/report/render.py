@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from abexrat.errors import UserError
+from abexrat.core.errors import UserError
 from abexrat.report import figures, search, tables
 from abexrat.report.paper import PAPER_NAME, PAPER_TEST
 from abexrat.report.results import Results, load

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from abexrat.errors import UserError
+from abexrat.core.errors import UserError
 
 REQUIRED = ("study", "kind", "best_config", "seeds", "val", "test", "classes", "baselines", "trials", "wall_s")
 

@@ -11,8 +11,8 @@ import math
 import warnings
 from typing import Any
 
+from abexrat.choices import decode_params, encode_choice
 from abexrat.report.results import Results
-from abexrat.study.space import decode_params, encode_choice
 
 PREFIX = "param:"
 

@@ -5,6 +5,5 @@ The package is also callable: ``abexrat.study(path, **options)`` runs a study an
 """
 
 from abexrat._callable import make_callable
-from abexrat.study_api import study as _study
 
-make_callable(__name__, _study)
+make_callable(__name__, "abexrat.study_api:study")

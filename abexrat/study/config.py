@@ -14,9 +14,10 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from abexrat.config import MAX_SEED, Strict, TrainConfig, apply_overrides, load_yaml, validate
-from abexrat.errors import UserError
-from abexrat.io import short_repr
+from abexrat.config import MAX_SEED, Strict, TrainConfig, apply_overrides, validate
+from abexrat.core.errors import UserError
+from abexrat.core.io import short_repr
+from abexrat.core.safe_yaml import load_yaml
 
 # Names become folder names and W&B groups: letters, digits, '_', '.', '-', never a path.
 # (``\Z``, not ``$``: ``$`` would also accept a trailing newline.)

@@ -64,8 +64,8 @@ def front_arms(
     """With several objectives: mark the Pareto-optimal rows of ``search_df`` (Tune's ``results``
     behind them) and name the front members the final round retrains besides the best: the front's
     trial ids, ``front-k`` -> overrides, and those members' trial ids. Nothing for one objective."""
+    from abexrat.choices import decode_params
     from abexrat.study.grouped import configurations
-    from abexrat.study.space import decode_params
     from abexrat.study.trial import trial_overrides
 
     if not objective.multi:

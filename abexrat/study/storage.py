@@ -21,7 +21,7 @@ from typing import Any
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
-from abexrat.errors import UserError
+from abexrat.core.errors import UserError
 
 JOURNAL = "optuna.journal"  # the default storage's file name in the study folder
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from abexrat.experiment import Features
+from abexrat.choices import decode_params
+from abexrat.features import Features
 from abexrat.study.config import BATCHED
 from abexrat.study.grouped import configurations
-from abexrat.study.space import decode_params
 
 SUMMARY_KEYS = ("macro_f1", "weighted_f1", "accuracy")
 LIMIT_STATUS = {"time": "TIMEOUT", "memory": "OOM"}  # a trial's ``limit`` -> its status in trials.parquet
@@ -196,20 +196,14 @@ def run_trial(
 
     from abexrat.cv import cv_train_and_score
     from abexrat.experiment import train_and_score
-    from abexrat.study.config import ROBUST_METRICS, Study
+    from abexrat.study.config import Study
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     st = Study.model_validate(study)
     arm = params.get("arm")
     group = configurations(params)  # several with budget.configs_per_trial, else the trial's own
-    cfg = st.train_config(trial_overrides(group[0], arms))
-    if cfg.train.device == "auto":
-        # a trial trains where its resources say: on its GPU share, else on its CPUs (Ray does not
-        # always hide a node's GPUs from trials that asked for none)
-        cfg.train.device = "cuda" if st.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
-    if not with_test and not set(st.objective.metrics) & set(ROBUST_METRICS):
-        cfg.robustness.enabled = False  # a search trial scores robustness only when the objective asks for it
+    cfg = _trial_config(st, trial_overrides(group[0], arms), with_test)
     epochs = cfg.train.epochs
     limits = limits or {}
     memory_gb = limits.get("trial_memory_gb")
@@ -254,6 +248,33 @@ def run_trial(
     except TrialLimitExceeded:
         _report_limit(st, guard, done, t0)
         return
+    final = _final_report(result, scores, seeds, epochs, with_test)
+    if best_sink is not None and arm == "best":
+        _send_best(best_sink, st, cfg, feats, result, scores, t0)
+    final["trial_s"] = time.perf_counter() - t0
+    tune.report({**final, **FINAL})
+
+
+def _trial_config(st: Any, overrides: dict[str, Any], with_test: bool) -> Any:
+    """The trial's training config: its overrides on the study's base, on the trial's own device."""
+    import torch
+
+    from abexrat.study.config import ROBUST_METRICS
+
+    cfg = st.train_config(overrides)
+    if cfg.train.device == "auto":
+        # a trial trains where its resources say: on its GPU share, else on its CPUs (Ray does not
+        # always hide a node's GPUs from trials that asked for none)
+        cfg.train.device = "cuda" if st.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
+    if not with_test and not set(st.objective.metrics) & set(ROBUST_METRICS):
+        cfg.robustness.enabled = False  # a search trial scores robustness only when the objective asks for it
+    return cfg
+
+
+def _final_report(
+    result: Any, scores: dict[str, Any], seeds: list[int], epochs: int, with_test: bool
+) -> dict[str, Any]:
+    """A trained trial's last report: the last epoch's loss and every split's scores."""
     last = result.history[-1]
     final: dict[str, Any] = {
         "epoch": epochs,
@@ -275,18 +296,22 @@ def run_trial(
     if with_test and "robustness" in scores:  # the report's robustness section (curves, bands, natural table)
         final["robustness"] = scores["robustness"]
         final["robustness_pred"] = {"test": scores.get("robustness_pred", {}).get("test")}
-    if best_sink is not None and arm == "best":
-        import ray
+    return final
 
-        from abexrat.experiment import model_files, run_metrics
 
-        metrics = run_metrics(cfg, feats, result, scores, scores["train_size"], t0, study=st.name)
-        try:
-            ray.get(best_sink.put.remote(model_files(result, feats.classes, feats.encoder_key), metrics))
-        except ray.exceptions.RayError as e:  # the model is a by-product: the scores must still arrive
-            logging.getLogger(__name__).warning("the best model did not reach the driver (%s)", type(e).__name__)
-    final["trial_s"] = time.perf_counter() - t0
-    tune.report({**final, **FINAL})
+def _send_best(
+    best_sink: Any, st: Any, cfg: Any, feats: Features, result: Any, scores: dict[str, Any], t0: float
+) -> None:
+    """The best arm's models and metrics.json to the driver's sink, through Ray's object store."""
+    import ray
+
+    from abexrat.run_folder import model_files, run_metrics
+
+    metrics = run_metrics(cfg, feats, result, scores, scores["train_size"], t0, study=st.name)
+    try:
+        ray.get(best_sink.put.remote(model_files(result, feats.classes, feats.encoder_key), metrics))
+    except ray.exceptions.RayError as e:  # the model is a by-product: the scores must still arrive
+        logging.getLogger(__name__).warning("the best model did not reach the driver (%s)", type(e).__name__)
 
 
 class BestModelSink:

@@ -30,9 +30,9 @@ def main() -> None:
     from sklearn.svm import LinearSVC
 
     from abexrat.config import load_train_config
+    from abexrat.core.io import write_json
     from abexrat.cv import cv_datasets
-    from abexrat.experiment import load_dataset
-    from abexrat.io import write_json
+    from abexrat.datasets import load_dataset
 
     cfg = load_train_config(REPO / "studies" / "baseline.yaml", [])
     datasets, y, held = cv_datasets(load_dataset(cfg), 5, 0, ["train", "val"])

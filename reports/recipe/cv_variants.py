@@ -37,10 +37,10 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 
+    from abexrat.core.io import write_json
     from abexrat.cv import cv_featurize, cv_train_and_score
+    from abexrat.datasets import load_dataset
     from abexrat.embed import EmbeddingCache
-    from abexrat.experiment import load_dataset
-    from abexrat.io import write_json
 
     seeds = list(range(args.seeds))
     features: dict[str, object] = {}

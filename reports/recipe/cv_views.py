@@ -30,7 +30,7 @@ AVERAGES = [
 
 
 def view_texts(texts: list[str], view: str) -> list[str]:
-    from abexrat.data import first_sentence, split_title
+    from abexrat.text import first_sentence, split_title
 
     if view == "untitled":
         return [split_title(t)[1] for t in texts]
@@ -52,10 +52,11 @@ def main() -> None:
 
     from cv_variants import variant_config  # this folder is on sys.path when a script here runs
 
+    from abexrat.core.io import write_json
     from abexrat.cv import cv_datasets
+    from abexrat.datasets import load_dataset
     from abexrat.embed import EmbeddingCache, embed_texts
-    from abexrat.experiment import build_encoder, featurize, fit_texts, load_dataset
-    from abexrat.io import write_json
+    from abexrat.features import build_encoder, featurize, fit_texts
     from abexrat.metrics import score
     from abexrat.train import fit, predict_proba
 

@@ -19,7 +19,7 @@ import numpy as np
 def predictions(run_dir: Path, data: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     from abexrat.cli import _read_unlabeled
     from abexrat.embed import embed_texts
-    from abexrat.experiment import load_run
+    from abexrat.run_folder import load_run
     from abexrat.train import predict_proba
 
     run = load_run(run_dir)

@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from abexrat.data import first_sentence
+from abexrat.text import first_sentence
 
 
 def main() -> None:
