@@ -59,9 +59,11 @@ def make_study(
     time_budget_s: float | None = None,
     gpu_share: float = 0.0,
     configs_per_trial: int = 1,
+    trainer_overrides: dict[str, Any] | None = None,
 ) -> Any:
     """A study file like quickstart.yaml (same base, space, objective, resources, tracking on) with a
-    smaller budget; written to ``folder`` and read back with ``load_study`` as the CLI would."""
+    smaller budget; written to ``folder`` and read back with ``load_study`` as the CLI would.
+    ``trainer_overrides`` are merged into its ``trainer:`` section (a tiny dataset for the tests)."""
     import yaml
 
     from abexrat.config import load_yaml
@@ -73,7 +75,7 @@ def make_study(
         "kind": "search",
         "seed": quick.get("seed", 0),
         "base": str(REPO / "studies" / quick["base"]),
-        "trainer": {**quick.get("trainer", {}), "train": {"epochs": epochs}},
+        "trainer": _merge({**quick.get("trainer", {}), "train": {"epochs": epochs}}, trainer_overrides or {}),
         "space": quick["space"],
         "objective": quick.get("objective", {}),
         "budget": {
@@ -90,6 +92,14 @@ def make_study(
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return load_study(path)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` over ``base``, nested dicts merged key by key."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 class _Timeline:
