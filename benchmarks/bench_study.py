@@ -297,6 +297,20 @@ def _naive(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     return n
 
 
+def _optuna(args: argparse.Namespace, root: Path, budget_s: float | None) -> dict[str, Any]:
+    """The one-process peer (``optuna_study.py``): ``study.optimize(n_jobs=cores)``, same space, seeds,
+    sampler and epochs; the same wall time as the others (``budget_s``), else ``--trials`` trials."""
+    from _common import cores
+    from optuna_study import run_optuna
+
+    study = make_study("bench-optuna", args.trials, args.epochs, args.seeds, root)
+    # as many at once as abexrat's study runs on this machine (a CPU per trial), without Ray
+    n_jobs = max(1, min(int(cores() // study.resources.cpu), study.budget.max_concurrent or cores()))
+    res = run_optuna(study, n_jobs, timeout_s=budget_s, trials=None if budget_s else args.trials)
+    res["load_avg_after"] = load_avg()
+    return res
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=10, help="search trials (configurations, num_samples)")
@@ -320,6 +334,12 @@ def main() -> None:
         type=int,
         default=1,
         help="abexrat's trials each train this many configurations (differing in ε and p) as one batch",
+    )
+    p.add_argument(
+        "--optuna",
+        choices=["on", "off"],
+        default="on",
+        help="also run plain Optuna in one process (study.optimize(n_jobs=cores)) with the same budget",
     )
     p.add_argument("--keep", type=Path, default=None, help="keep the study folders here")
     p.add_argument("--json", default=None)
@@ -368,10 +388,19 @@ def main() -> None:
             res["load_avg_after_abexrat"] = load_avg()
         if args.which in ("both", "naive") and not by_time:
             res["naive"] = _naive(args, root)
+        if args.optuna == "on" and args.which != "naive":
+            res["optuna"] = _optuna(args, root, res["naive"]["search_wall_s"] if by_time else None)
+    f1: dict[str, Any] = {}
     if "abexrat" in res and "naive" in res:
         a, n = res["abexrat"], res["naive"]
         res["speedup_vs_naive"] = a["trials_per_hour"] / n["trials_per_hour"]
-        res["best_val_macro_f1"] = {"abexrat": a["best_val_macro_f1"], "naive": n["best_val_macro_f1"]}
+        f1 = {"abexrat": a["best_val_macro_f1"], "naive": n["best_val_macro_f1"]}
+    if "abexrat" in res and res.get("optuna", {}).get("trials_per_hour"):
+        a, o = res["abexrat"], res["optuna"]
+        res["speedup_vs_optuna"] = a["trials_per_hour"] / o["trials_per_hour"]
+        f1 = {"abexrat": a["best_val_macro_f1"], **f1, "optuna": o["best_val_macro_f1"]}
+    if f1:
+        res["best_val_macro_f1"] = f1
     write_json(args.json, res)
 
 
