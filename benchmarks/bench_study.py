@@ -16,7 +16,13 @@ The naive set-up (``naive_study.py``: stock ``WandbLoggerCallback``, ``reuse_act
 loaded in every trial, seeds trained one after the other) runs the same space, seeds and sampler on
 the same machine in the same process run; ``speedup_vs_naive`` is the ratio of trials per hour.
 
-The budget is the same for both (``--budget``):
+A second peer, ``optuna_study.py`` (``--optuna on``, the default): what a user with one machine
+could run instead, plain Optuna in one process, ``study.optimize(objective, n_jobs=cores)``, each
+trial calling abexrat's own trainer on features encoded once; same space, seeds, seeded TPE sampler
+and epochs, and the same wall time (or ``--trials``). ``speedup_vs_optuna`` is abexrat's trials per
+hour over its; ``best_val_macro_f1`` holds all three bests.
+
+The budget is the same for all (``--budget``):
 
 - ``time`` (default): the naive set-up runs ``--trials`` trials first; abexrat's search then gets
   the naive search's wall time as its ``time_budget_s`` (and room for more trials). Both searches
