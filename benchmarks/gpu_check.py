@@ -73,7 +73,7 @@ FULL = {
     "requests": 128,
     "new_tokens": 128,
     "gen_batches": [32, 128],
-    "study_budget_s": 150.0,
+    "study_budget_s": 120.0,
     "epochs": 20,
     "gpu_share": 1 / 16,
     "configs_per_trial": 4,
@@ -357,8 +357,10 @@ def main() -> None:
         if "encode" in only:
             res["encode"] = bench_encode(folder, texts, plan["encode_batch"])
             print(f"encode: {res['encode']['texts_per_s']} texts/s", file=sys.stderr, flush=True)
+            finish(res, args, t_all)
         if "generate" in only:
             res["generate"] = bench_generate(folder, sources, plan["gen_batches"], plan["new_tokens"])
+            finish(res, args, t_all)
         # The in-process models go before the study's trials want the GPU.
         import gc
 
@@ -366,6 +368,14 @@ def main() -> None:
         _reset_peak()
         if "study" in only:
             res["study"] = run_study(args, Path(tmp))
+    finish(res, args, t_all)
+    if "error" in res.get("study", {}):
+        sys.exit(1)
+
+
+def finish(res: dict[str, Any], args: argparse.Namespace, t_all: float) -> None:
+    """The headline and targets from what has run so far, written out: called after every part, so
+    a run stopped by gpu_check.sh's time limit still leaves the parts it finished."""
     study, enc, gen = res.get("study", {}), res.get("encode", {}), res.get("generate", {})
     res["headline"] = {
         "study_trials_per_hour": study.get("trials_per_hour"),
@@ -386,8 +396,6 @@ def main() -> None:
     res["load_avg_after"] = load_avg()
     res["seconds"] = round(time.perf_counter() - t_all, 1)
     write_json(args.json, res)
-    if "error" in study:
-        sys.exit(1)
 
 
 if __name__ == "__main__":
