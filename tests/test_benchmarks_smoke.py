@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
@@ -64,6 +65,8 @@ def test_transformer_bench_peers_agree_and_the_census_counts_the_products(tmp_pa
     """bench_transformer's pieces on a random 2-layer BERT, in this process: every peer encodes, the
     fp32 ones agree with the reference, and the counted FLOPs are the analytic count of the padded
     batches."""
+    pytest.importorskip("sentence_transformers", reason="the bench extra: pip install -e .[bench]")
+    pytest.importorskip("onnxruntime", reason="the bench extra")
     from bench_embed import build_bert
     from bench_transformer import BATCH, PEERS, REFERENCE, _encoder, export_onnx, floor, osha_sample
     from transformers import AutoTokenizer
@@ -99,6 +102,7 @@ def test_transformer_bench_peers_agree_and_the_census_counts_the_products(tmp_pa
 
 def test_transformer_bench_cli_writes_the_run_keys(tmp_path, osha_dir) -> None:  # noqa: ANN001
     """The script end to end (a peer and the reference, each in its own process): run.py's keys."""
+    pytest.importorskip("sentence_transformers", reason="the bench extra: pip install -e .[bench]")
     import json
     import os
     import subprocess
