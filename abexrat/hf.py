@@ -11,9 +11,15 @@ else a pinned copy from PyPI).
 
 Texts are truncated where sentence-transformers truncates them (its ``max_seq_length``), unless
 ``max_length`` says otherwise. They are tokenized once, sorted by token count and batched, so a
-batch pads to its own longest text.
-``precision: auto`` multiplies in bf16 (autocast: layer norms and softmax stay fp32) where the CPU
-has native bf16 products (AVX-512 BF16 or AMX) and in half precision on a GPU, else fp32.
+batch pads to its own longest text, rounded up to a multiple of 16 tokens: on the CPU, oneDNN
+builds a kernel for every new matrix shape (~20 ms each, more than the product of a batch), and
+its flash attention is up to 2x slower at odd lengths; 16 keeps the shapes few (at most
+``max_length`` / 16) for about 7 padded tokens a text.
+``precision: auto`` runs the model in bf16 where the CPU has native bf16 products (AVX-512 BF16 or
+AMX) and in half precision on a GPU, else fp32. On the CPU the weights are cast once: autocast
+cast every activation and weight at every product (a third of the time). Layer norms and softmax
+still accumulate in fp32 inside their kernels; vectors stay within cosine 0.999 of fp32 on the
+OSHA texts (benchmarks/bench_transformer.py checks it text by text).
 
 Vectors are float32 and L2-normalized. The key holds the model, pooling, truncation, instruction,
 revision and precision and, for a local folder, a digest of its files, so retrained weights never
@@ -36,6 +42,8 @@ from abexrat.hub import ResolvedModel, folder_fingerprint, resolve_model
 POOLINGS = ("mean", "last")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_MAX_LENGTH = 512
+# Batches pad to a multiple of this many tokens (see the module's docstring).
+PAD_MULTIPLE = 16
 
 
 @dataclass
@@ -148,6 +156,8 @@ class HFEncoder(Encoder):
             model = self._loading(
                 AutoModel.from_pretrained, dtype=half if cuda else torch.float32, use_safetensors=True
             )
+            if not cuda and self.resolved_precision == "bf16":
+                model = model.to(torch.bfloat16)
             self._model, self._tokenizer = model.to("cuda" if cuda else "cpu").eval(), tokenizer
             self._config = model.config
         return self._model, self._tokenizer
@@ -165,11 +175,13 @@ class HFEncoder(Encoder):
         )["input_ids"]
         # Longest first (by tokens), so each batch pads to nearly its own length.
         order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
-        bf16_cpu = model.device.type == "cpu" and self.resolved_precision == "bf16"
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_cpu):
+        multiple = self._pad_multiple(model)
+        with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 rows = order[start : start + self.batch_size]
-                batch = tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt").to(model.device)
+                batch = tokenizer.pad(
+                    {"input_ids": [ids[i] for i in rows]}, pad_to_multiple_of=multiple, return_tensors="pt"
+                ).to(model.device)
                 mask = batch["attention_mask"]  # (b, L)
                 if tokenizer.padding_side == "left":
                     # Real tokens count positions from 0 whatever the padding before them.
@@ -177,6 +189,13 @@ class HFEncoder(Encoder):
                 hidden = model(**batch).last_hidden_state.float()  # (b, L, dim)
                 out[rows] = self.pool(hidden, mask).cpu().numpy()
         return _l2(out)
+
+    def _pad_multiple(self, model: Any) -> int | None:
+        """PAD_MULTIPLE, unless rounding the longest text up would pass the model's positions."""
+        limit = self.token_limit()
+        positions = getattr(model.config, "max_position_embeddings", None)
+        rounded = -(-limit // PAD_MULTIPLE) * PAD_MULTIPLE
+        return PAD_MULTIPLE if positions is None or rounded <= positions else None
 
     def pool(self, hidden: Any, mask: Any) -> Any:
         """Hidden states (b, L, dim) and attention mask (b, L) -> (b, dim), not normalized."""

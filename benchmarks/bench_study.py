@@ -16,7 +16,13 @@ The naive set-up (``naive_study.py``: stock ``WandbLoggerCallback``, ``reuse_act
 loaded in every trial, seeds trained one after the other) runs the same space, seeds and sampler on
 the same machine in the same process run; ``speedup_vs_naive`` is the ratio of trials per hour.
 
-The budget is the same for both (``--budget``):
+A second peer, ``optuna_study.py`` (``--optuna on``, the default): what a user with one machine
+could run instead, plain Optuna in one process, ``study.optimize(objective, n_jobs=cores)``, each
+trial calling abexrat's own trainer on features encoded once; same space, seeds, seeded TPE sampler
+and epochs, and the same wall time (or ``--trials``). ``speedup_vs_optuna`` is abexrat's trials per
+hour over its; ``best_val_macro_f1`` holds all three bests.
+
+The budget is the same for all (``--budget``):
 
 - ``time`` (default): the naive set-up runs ``--trials`` trials first; abexrat's search then gets
   the naive search's wall time as its ``time_budget_s`` (and room for more trials). Both searches
@@ -59,9 +65,11 @@ def make_study(
     time_budget_s: float | None = None,
     gpu_share: float = 0.0,
     configs_per_trial: int = 1,
+    trainer_overrides: dict[str, Any] | None = None,
 ) -> Any:
     """A study file like quickstart.yaml (same base, space, objective, resources, tracking on) with a
-    smaller budget; written to ``folder`` and read back with ``load_study`` as the CLI would."""
+    smaller budget; written to ``folder`` and read back with ``load_study`` as the CLI would.
+    ``trainer_overrides`` are merged into its ``trainer:`` section (a tiny dataset for the tests)."""
     import yaml
 
     from abexrat.core.safe_yaml import load_yaml
@@ -73,7 +81,7 @@ def make_study(
         "kind": "search",
         "seed": quick.get("seed", 0),
         "base": str(REPO / "studies" / quick["base"]),
-        "trainer": {**quick.get("trainer", {}), "train": {"epochs": epochs}},
+        "trainer": _merge({**quick.get("trainer", {}), "train": {"epochs": epochs}}, trainer_overrides or {}),
         "space": quick["space"],
         "objective": quick.get("objective", {}),
         "budget": {
@@ -90,6 +98,14 @@ def make_study(
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return load_study(path)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` over ``base``, nested dicts merged key by key."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 class _Timeline:
@@ -289,6 +305,20 @@ def _naive(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     return n
 
 
+def _optuna(args: argparse.Namespace, root: Path, budget_s: float | None) -> dict[str, Any]:
+    """The one-process peer (``optuna_study.py``): ``study.optimize(n_jobs=cores)``, same space, seeds,
+    sampler and epochs; the same wall time as the others (``budget_s``), else ``--trials`` trials."""
+    from _common import cores
+    from optuna_study import run_optuna
+
+    study = make_study("bench-optuna", args.trials, args.epochs, args.seeds, root)
+    # as many at once as abexrat's study runs on this machine (a CPU per trial), without Ray
+    n_jobs = max(1, min(int(cores() // study.resources.cpu), study.budget.max_concurrent or cores()))
+    res = run_optuna(study, n_jobs, timeout_s=budget_s, trials=None if budget_s else args.trials)
+    res["load_avg_after"] = load_avg()
+    return res
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=10, help="search trials (configurations, num_samples)")
@@ -312,6 +342,12 @@ def main() -> None:
         type=int,
         default=1,
         help="abexrat's trials each train this many configurations (differing in ε and p) as one batch",
+    )
+    p.add_argument(
+        "--optuna",
+        choices=["on", "off"],
+        default="on",
+        help="also run plain Optuna in one process (study.optimize(n_jobs=cores)) with the same budget",
     )
     p.add_argument("--keep", type=Path, default=None, help="keep the study folders here")
     p.add_argument("--json", default=None)
@@ -360,10 +396,19 @@ def main() -> None:
             res["load_avg_after_abexrat"] = load_avg()
         if args.which in ("both", "naive") and not by_time:
             res["naive"] = _naive(args, root)
+        if args.optuna == "on" and args.which != "naive":
+            res["optuna"] = _optuna(args, root, res["naive"]["search_wall_s"] if by_time else None)
+    f1: dict[str, Any] = {}
     if "abexrat" in res and "naive" in res:
         a, n = res["abexrat"], res["naive"]
         res["speedup_vs_naive"] = a["trials_per_hour"] / n["trials_per_hour"]
-        res["best_val_macro_f1"] = {"abexrat": a["best_val_macro_f1"], "naive": n["best_val_macro_f1"]}
+        f1 = {"abexrat": a["best_val_macro_f1"], "naive": n["best_val_macro_f1"]}
+    if "abexrat" in res and res.get("optuna", {}).get("trials_per_hour"):
+        a, o = res["abexrat"], res["optuna"]
+        res["speedup_vs_optuna"] = a["trials_per_hour"] / o["trials_per_hour"]
+        f1 = {"abexrat": a["best_val_macro_f1"], **f1, "optuna": o["best_val_macro_f1"]}
+    if f1:
+        res["best_val_macro_f1"] = f1
     write_json(args.json, res)
 
 

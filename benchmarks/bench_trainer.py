@@ -63,8 +63,10 @@ def load_features(aug_ratio: float, synthetic: bool) -> tuple[Any, ...]:
     return X, y, feats.X_val, feats.y_val, len(feats.classes), cfg
 
 
-def census(run: Any) -> tuple[Counter, int]:
-    """Run ``run()`` recording every matmul-family call: {(op, operands' shapes/strides, scalars): count}."""
+def census(run: Any, ops: set[str] = MATMULS, flops: Any = None) -> tuple[Counter, int]:
+    """Run ``run()`` recording every call of ``ops`` (the matmul family): {(op, operands' shapes/strides,
+    scalars): count}, and the FLOPs of them all (``flops(key)``, by default ``flops_of``)."""
+    flops = flops or flops_of
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -80,13 +82,13 @@ def census(run: Any) -> tuple[Counter, int]:
     class Census(TorchDispatchMode):
         def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             kwargs = kwargs or {}
-            if func.overloadpacket.__name__ in MATMULS:
+            if func.overloadpacket.__name__ in ops:
                 calls[(func, meta(tuple(args)), tuple(sorted((k, meta(v)) for k, v in kwargs.items())))] += 1
             return func(*args, **kwargs)
 
     with Census():
         run()
-    return calls, sum(flops_of(k) * n for k, n in calls.items())
+    return calls, sum(flops(k) * n for k, n in calls.items())
 
 
 def _operands(key: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -106,10 +108,13 @@ def flops_of(key: Any) -> int:
     return 2 * batch * a[-2] * a[-1] * b[-1]
 
 
-def replay_time(calls: Counter, threads: int, min_s: float = 0.02) -> tuple[float, list[dict[str, Any]]]:
+def replay_time(
+    calls: Counter, threads: int, min_s: float = 0.02, flops: Any = None, operands: Any = None
+) -> tuple[float, list[dict[str, Any]]]:
     """Floor: each distinct call alone in a tight loop; returns (sum of count x seconds per call, rows)."""
     import torch
 
+    flops, operands = flops or flops_of, operands or _operands
     use_cpu = threads == 1
     clock = time.process_time if use_cpu else time.perf_counter
     total, rows = 0.0, []
@@ -121,7 +126,8 @@ def replay_time(calls: Counter, threads: int, min_s: float = 0.02) -> tuple[floa
                 _, shape, stride, dtype = a
                 size = 1 + sum((n - 1) * st for n, st in zip(shape, stride)) if all(shape) else 0
                 flat = torch.empty(size, dtype=getattr(torch, dtype.split(".")[-1]))
-                flat = flat.normal_() if flat.is_floating_point() else flat.zero_()
+                # a boolean attention mask all True: every position attended, as real rows mostly are
+                flat = flat.normal_() if flat.is_floating_point() else flat.fill_(flat.dtype == torch.bool)
                 return flat.as_strided(shape, stride)  # the same layout, broadcast (0) strides included
             if isinstance(a, tuple):
                 return tuple(build(x) for x in a)
@@ -144,10 +150,10 @@ def replay_time(calls: Counter, threads: int, min_s: float = 0.02) -> tuple[floa
         rows.append(
             {
                 "op": str(func),
-                "operands": [list(s) for s in _operands(key)],
+                "operands": [list(s) for s in operands(key)],
                 "calls": count,
                 "us_per_call": round(per_call * 1e6, 2),
-                "gflops": round(flops_of(key) / per_call / 1e9, 1),
+                "gflops": round(flops(key) / per_call / 1e9, 1),
             }
         )
     rows.sort(key=lambda r: -r["calls"] * r["us_per_call"])
