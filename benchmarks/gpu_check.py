@@ -179,7 +179,7 @@ def _sync() -> None:
 def load_texts(dataset: str | None) -> tuple[list[str], list[tuple[str, str]]]:
     """(every text of the dataset, (text, class) of minority-class training originals for prompts)."""
     from abexrat.config import load_train_config
-    from abexrat.experiment import load_dataset
+    from abexrat.datasets import load_dataset
 
     overrides = [f"data.dataset={dataset}", "data.aug_pool=published"] if dataset else []
     ds = load_dataset(load_train_config(REPO / "studies" / "baseline.yaml", overrides))

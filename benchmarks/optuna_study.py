@@ -36,8 +36,10 @@ def run_optuna(study: Any, n_jobs: int, timeout_s: float | None = None, trials: 
     import torch
     from naive_study import optuna_space
 
+    from abexrat.datasets import load_dataset
     from abexrat.embed import EmbeddingCache
-    from abexrat.experiment import build_encoder, featurize, load_dataset, train_and_score
+    from abexrat.experiment import train_and_score
+    from abexrat.features import build_encoder, featurize
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # One intra-op thread: the n_jobs Python threads are the parallelism, as a study's trials are.
