@@ -137,3 +137,17 @@ def _no_stale_ray_address():  # noqa: ANN202
     """Joining a test cluster exports RAY_ADDRESS; the next test must not try to join a dead one."""
     yield
     os.environ.pop("RAY_ADDRESS", None)
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> str:
+    """One local Ray with 2 CPUs for a module (started once: ray.init takes seconds). A new one
+    (address "local"), never a cluster someone ``ray start``-ed on this machine."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray.get_runtime_context().gcs_address
+    if started:
+        ray.shutdown()

@@ -132,19 +132,6 @@ def generator(tiny_lm: Path) -> TransformersGenerator:
     return TransformersGenerator(str(tiny_lm), device="cpu")
 
 
-@pytest.fixture(scope="module")
-def ray_address() -> str:
-    """One local Ray with 2 CPUs for this module (started once: ray.init takes seconds)."""
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield ray.get_runtime_context().gcs_address
-    if started:
-        ray.shutdown()
-
-
 def tiny_config(data_dir: Path, model: Path, **extra: object) -> dict:
     """2 sources each of the two smallest classes, k = 2 and 3: 10 rows in 4 one-source chunks."""
     raw = {

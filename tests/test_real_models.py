@@ -184,18 +184,6 @@ def test_a_tampered_copy_is_refused_by_the_cli_with_exit_2(
     assert not (tmp_path / "run").exists()
 
 
-@pytest.fixture(scope="module")
-def ray_address() -> str:
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield ray.get_runtime_context().gcs_address
-    if started:
-        ray.shutdown()
-
-
 def test_smollm2_gguf_generates_through_the_pipeline_on_ray_data(
     osha_dir: Path, tmp_path: Path, ray_address: str
 ) -> None:
