@@ -9,7 +9,7 @@ again and finished, every trial finished exactly once, each has one row in trial
 run (offline). ``SOAK`` holds the figures (printed); how long the soak takes is the machine's
 business, not an assert.
 
-Bounded: ``ABEXRAT_SOAK_TRIALS`` (default 100), ``ABEXRAT_SOAK_KILL_EVERY_S`` (default 8: the least
+Bounded: ``ABEXRAT_SOAK_TRIALS`` (default 100), ``ABEXRAT_SOAK_KILL_EVERY_S`` (default 4: the least
 time between two kills) and ``ABEXRAT_SOAK_MIN_HITS`` (default 3).
 """
 
@@ -41,7 +41,7 @@ from tests.faults import (
 from tests.test_study import study_file
 
 N_TRIALS = int(os.environ.get("ABEXRAT_SOAK_TRIALS", "100"))
-KILL_EVERY_S = float(os.environ.get("ABEXRAT_SOAK_KILL_EVERY_S", "8"))
+KILL_EVERY_S = float(os.environ.get("ABEXRAT_SOAK_KILL_EVERY_S", "4"))
 MIN_HITS = int(os.environ.get("ABEXRAT_SOAK_MIN_HITS", "3"))
 SOAK: dict[str, Any] = {}
 
