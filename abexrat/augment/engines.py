@@ -77,8 +77,8 @@ def model_identity(model: str) -> str:
 def check_actor_fit(abstract: StepConfig, expand: StepConfig, cluster: dict[str, float]) -> None:
     """Both steps' ``transformers`` actor pools run at once (abstracts stream into expansions), so
     their reservations must fit the cluster together: if they cannot, Ray Data waits forever."""
+    steps = [(n, s) for n, s in (("abstract", abstract), ("expand", expand)) if s.engine == "transformers"]
     for resource, key in (("CPU", "num_cpus"), ("GPU", "num_gpus")):
-        steps = [(n, s) for n, s in (("abstract", abstract), ("expand", expand)) if s.engine == "transformers"]
         need = sum(float(getattr(s, key)) * s.concurrency for _, s in steps)
         have = float(cluster.get(resource, 0.0))
         if need > have + 1e-9:
