@@ -120,7 +120,40 @@ def descendants(root: int) -> list[int]:
     return out
 
 
-class ProcessMemory:
+class Poller:
+    """Calls ``poll`` every ``every_s`` seconds on a daemon thread while the block runs, and once
+    more at its end. Subclasses implement ``poll`` (and may skip the thread: ``start`` False)."""
+
+    def __init__(self, every_s: float = 0.5) -> None:
+        self.every_s = every_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> bool:
+        """Whether to poll at all (checked on entering the block)."""
+        return True
+
+    def poll(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Poller:
+        if self.start():
+            self._thread = threading.Thread(target=self._run, name=type(self).__name__, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+            self.poll()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.poll()
+
+
+class ProcessMemory(Poller):
     """Polls the resident memory of a process tree (the driver and every Ray process it started).
 
     Per process it keeps the peak of RSS (resident, shared object-store pages included) and of
@@ -129,27 +162,10 @@ class ProcessMemory:
     """
 
     def __init__(self, root_pid: int | None = None, every_s: float = 0.5) -> None:
+        super().__init__(every_s)
         self.root = root_pid or os.getpid()
-        self.every_s = every_s
         self.peak: dict[int, dict[str, Any]] = {}
         self.peak_total_rss_kb = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> ProcessMemory:
-        self._thread = threading.Thread(target=self._run, name="mem-poll", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
-        self.poll()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            self.poll()
 
     def poll(self) -> None:
         total = 0

@@ -35,14 +35,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import REPO, load_avg, machine, setup_env, write_json  # noqa: E402
+from _common import REPO, Poller, load_avg, machine, setup_env, write_json  # noqa: E402
 
 # Qwen3-0.6B / Qwen3-Embedding-0.6B (their config.json): hidden 1024, 28 layers, 16 q heads,
 # 8 kv heads, head_dim 128, intermediate 3072; Qwen3-0.6B's 151,936 embedding rows (the embedder
@@ -108,37 +107,22 @@ def gpu_memory_used_mb() -> float | None:
         return None
 
 
-class GpuMemoryPoll:
+class GpuMemoryPoll(Poller):
     """Peak of the device's used memory over a block, above what was used when it began."""
 
     def __init__(self, every_s: float = 0.5) -> None:
-        self.every_s = every_s
+        super().__init__(every_s)
         self.base: float | None = None
         self.peak: float | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def _poll(self) -> None:
+    def start(self) -> bool:
+        self.base = gpu_memory_used_mb()
+        return self.base is not None
+
+    def poll(self) -> None:
         used = gpu_memory_used_mb()
         if used is not None:
             self.peak = used if self.peak is None else max(self.peak, used)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            self._poll()
-
-    def __enter__(self) -> GpuMemoryPoll:
-        self.base = gpu_memory_used_mb()
-        if self.base is not None:
-            self._thread = threading.Thread(target=self._run, name="gpu-mem", daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
-            self._poll()
 
     @property
     def peak_mb(self) -> float | None:

@@ -18,14 +18,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def variant_config(spec: str) -> tuple[str, object, str]:
-    """A variant's (name, train config, featurization key): the default recipe under the spec's
+def variant_config(spec: str, base: Path = REPO / "studies" / "baseline.yaml") -> tuple[str, object, str]:
+    """A variant's (name, train config, featurization key): the ``base`` recipe under the spec's
     comma-separated overrides; variants with the same key can share one featurization."""
     from abexrat.config import load_train_config
 
     # commas inside brackets belong to a list value: "encoder.options.weights=[1.0,1.5]"
     overrides = [s for s in re.split(r",(?![^\[]*\])", spec) if s]
-    cfg = load_train_config(REPO / "studies" / "baseline.yaml", overrides)
+    cfg = load_train_config(base, overrides)
     key = json.dumps([cfg.encoder.model_dump(), cfg.data.model_dump()], sort_keys=True, default=str)
     return spec or "default", cfg, key
 
@@ -35,6 +35,7 @@ def main() -> None:
     p.add_argument("variants", nargs="+", help='comma-separated overrides per variant; "" for the default')
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--base", type=Path, default=REPO / "studies" / "baseline.yaml", help="the recipe varied")
     args = p.parse_args()
 
     from abexrat.core.io import write_json
@@ -47,7 +48,7 @@ def main() -> None:
     rows = []
     for spec in args.variants:
         t0 = time.perf_counter()
-        name, cfg, key = variant_config(spec)
+        name, cfg, key = variant_config(spec, args.base)
         if key not in features:
             features[key] = cv_featurize(load_dataset(cfg), cfg, 5, 0, ["train", "val"], EmbeddingCache())
         _, s = cv_train_and_score(features[key], cfg, seeds)
