@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from abexrat.core.io import cache_dir, sha256_bytes, write_bytes
+from abexrat.core.io import cache_dir, sha256_bytes, sha256_texts, write_bytes
 from abexrat.encoders import Encoder, leaves, save_encoder
 from abexrat.text import split_title
 
@@ -116,35 +116,33 @@ def _drop_stale_temps(folder: Path) -> None:
             pass
 
 
-def prepare(enc: Encoder, fit_texts: list[str] | None) -> None:
-    """Name the fit corpus of every leaf that needs one, so that the keys are final."""
+def fit_encoder(
+    enc: Encoder, fit_texts: list[str] | None, cache: EmbeddingCache | None = None, stats: EmbedStats | None = None
+) -> Encoder:
+    """``enc`` with each learning part fitted on ``fit_texts``: its state read back from the cache
+    when this corpus was fitted before, else fitted and stored there. Fitted parts stay as they are."""
+    cache = cache or EmbeddingCache()
     for leaf in leaves(enc):
-        if not leaf.fitted:
-            if fit_texts is None:
-                raise ValueError(f"{leaf.name}: needs training texts to fit on")
-            leaf.set_fit_corpus(fit_texts)
-
-
-def ensure_fitted(
-    leaf: Encoder, fit_texts: list[str] | None, cache: EmbeddingCache, stats: EmbedStats | None = None
-) -> None:
-    """Load the leaf's fitted state from the cache, or fit it and store the state."""
-    if leaf.fitted:
-        return
-    folder = cache.encoder_dir(leaf.key)
-    if folder.is_dir():
-        _drop_stale_temps(folder)
-    if (folder / "encoder.json").is_file():
-        try:
-            leaf.load_arrays(_load_arrays(folder))
-            return
-        except Exception:
-            pass  # a broken state file: fit again below
-    t0 = time.perf_counter()
-    leaf.fit(fit_texts or [])
-    if stats:
-        stats.fit_s += time.perf_counter() - t0
-    save_encoder(leaf, folder)
+        if not leaf.needs_fitting:
+            continue
+        if fit_texts is None:
+            raise ValueError(f"{leaf.name}: needs training texts to fit on")
+        leaf.fit_digest = sha256_texts(fit_texts)  # the key the fitted state is stored under
+        folder = cache.encoder_dir(leaf.key)
+        if folder.is_dir():
+            _drop_stale_temps(folder)
+        if (folder / "encoder.json").is_file():
+            try:
+                leaf.load_arrays(_load_arrays(folder))
+                continue
+            except Exception:
+                pass  # a broken state file: fit again below
+        t0 = time.perf_counter()
+        leaf.fit(fit_texts)
+        if stats:
+            stats.fit_s += time.perf_counter() - t0
+        save_encoder(leaf, folder)
+    return enc
 
 
 def _load_arrays(folder: Path) -> dict[str, np.ndarray]:
@@ -195,7 +193,7 @@ def _embed_plain(
     stats: EmbedStats,
     progress: Callable[[int], None] | None,
 ) -> np.ndarray:
-    prepare(enc, fit_texts)
+    fit_encoder(enc, fit_texts, cache, stats)
     digests = [text_digest(t) for t in texts]
     outs = []
     for leaf in leaves(enc):
@@ -203,7 +201,6 @@ def _embed_plain(
         missing = sorted({d: i for i, d in enumerate(digests) if d not in found}.values())
         stats.cached += len(texts) - len(missing)
         if missing:
-            ensure_fitted(leaf, fit_texts, cache, stats)
             t0 = time.perf_counter()
             for start in range(0, len(missing), ENCODE_CHUNK):
                 chunk = missing[start : start + ENCODE_CHUNK]
@@ -218,12 +215,3 @@ def _embed_plain(
             stats.encoded += len(missing)
         outs.append(np.stack([found[d] for d in digests]) if texts else np.zeros((0, leaf.dim), np.float32))
     return enc.combine(outs) if enc.parts else outs[0]
-
-
-def fitted_encoder(enc: Encoder, fit_texts: list[str] | None, cache: EmbeddingCache | None = None) -> Encoder:
-    """``enc`` with every leaf's fitted state present (from the cache when it is there)."""
-    cache = cache or EmbeddingCache()
-    prepare(enc, fit_texts)
-    for leaf in leaves(enc):
-        ensure_fitted(leaf, fit_texts, cache)
-    return enc

@@ -21,13 +21,20 @@ def _l2(x: np.ndarray) -> np.ndarray:
 
 
 class Encoder:
-    """Base class. Subclasses set ``name``/``version`` and implement ``encode`` (n texts -> (n, dim)
-    float32); one that learns from training texts sets ``needs_fit`` and implements ``fit`` (which
-    returns the encoder), ``fitted`` and ``set_fit_corpus``."""
+    """Base class, in scikit-learn's spirit: ``fit(texts)`` learns from training texts and returns
+    the encoder (a no-op for a pretrained one); ``encode(texts)`` maps n texts to (n, dim) float32.
+
+    Subclasses set ``name``/``version`` and implement ``encode``. One that learns sets ``learns`` and
+    implements ``fit``, which records ``fit_digest``, the digest of the texts it learned from: it is
+    part of ``key``, so cached vectors are found by the corpus they came from
+    (:func:`abexrat.embed.fit_encoder` reads a corpus's fitted state back from the cache).
+    """
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
-    needs_fit: ClassVar[bool] = False
+    learns: ClassVar[bool] = False
+    # Digest of the texts a learning encoder was fitted on; "" until it is (and for pretrained ones).
+    fit_digest: str = ""
     parts: tuple[Encoder, ...] = ()
     # A titled report's vector is l2(l2(v(text)) + title_weight * l2(v(title))) (``embed_texts``).
     # Set after construction (``encoder.title_weight``), not an option: it does not change the
@@ -50,18 +57,12 @@ class Encoder:
         return f"{self.name}-v{self.version}-{sha256_bytes(opts.encode())[:12]}"
 
     @property
-    def fitted(self) -> bool:
-        """Whether ``encode`` may run now: always, for an encoder that does not fit."""
-        return not self.needs_fit
-
-    def set_fit_corpus(self, texts: list[str]) -> None:
-        """Name the corpus ``fit`` will learn from, so that ``key`` (the cache's address) is final
-        before fitting: cached vectors are then found without fitting at all. A no-op for an
-        encoder that does not fit."""
+    def needs_fitting(self) -> bool:
+        """Whether ``encode`` must wait for ``fit``: a learning encoder not fitted yet."""
+        return self.learns and not self.fit_digest
 
     def fit(self, texts: list[str]) -> Encoder:
-        """Learn from training texts (a no-op for pretrained encoders); returns the encoder, as
-        scikit-learn's ``fit`` does."""
+        """Learn from training texts (a no-op for pretrained encoders); returns the encoder."""
         return self
 
     def encode(self, texts: list[str]) -> np.ndarray:

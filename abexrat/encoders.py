@@ -81,7 +81,7 @@ class TfidfSvdEncoder(Encoder):
     """
 
     name: ClassVar[str] = "tfidf-svd"
-    needs_fit: ClassVar[bool] = True
+    learns: ClassVar[bool] = True
     dim_: int = 384
     ngram: int = 2
     min_df: int = 2
@@ -129,14 +129,9 @@ class TfidfSvdEncoder(Encoder):
             dtype=np.float32,
         )
 
-    def set_fit_corpus(self, texts: list[str]) -> None:
-        """Name the corpus that ``fit`` will use, so the key is known before fitting."""
-        self.fit_digest = sha256_texts(texts)
-
     def fit(self, texts: list[str]) -> TfidfSvdEncoder:
         from sklearn.decomposition import TruncatedSVD
 
-        self.set_fit_corpus(texts)
         vec = self._vectorizer_for()
         tf = vec.fit_transform(texts)
         k = min(self.dim_, tf.shape[1] - 1, tf.shape[0] - 1)
@@ -147,14 +142,11 @@ class TfidfSvdEncoder(Encoder):
         comps = np.zeros((self.dim_, tf.shape[1]), np.float32)
         comps[:k] = svd.components_
         self._vectorizer, self._components = vec, comps
+        self.fit_digest = sha256_texts(texts)
         return self
 
-    @property
-    def fitted(self) -> bool:
-        return self._components is not None
-
     def encode(self, texts: list[str]) -> np.ndarray:
-        if not self.fitted:
+        if self._components is None:
             raise RuntimeError("tfidf-svd: encode before fit")
         if not texts:
             return np.zeros((0, self.dim), np.float32)
@@ -320,7 +312,7 @@ def save_encoder(enc: Encoder, folder: Path) -> None:
         "key": enc.key,
         "dim": enc.dim,
         "options": {k: v for k, v in _init_options(enc).items()},
-        "fit": [getattr(leaf, "fit_digest", "") for leaf in leaves(enc)],
+        "fit": [leaf.fit_digest for leaf in leaves(enc)],
         "title_weight": enc.title_weight,
     }
     with atomic_path(folder / "encoder.safetensors") as tmp:
@@ -343,7 +335,7 @@ def load_encoder(folder: Path) -> Encoder:
         if mine:
             leaf.load_arrays(mine)
         if digest:
-            leaf.fit_digest = digest  # type: ignore[attr-defined]
+            leaf.fit_digest = digest
     if enc.key != meta["key"]:
         raise UserError(f"{meta_path}: encoder key mismatch (saved {meta['key']}, rebuilt {enc.key})")
     weight = meta.get("title_weight", 0.0)

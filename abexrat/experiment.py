@@ -13,9 +13,9 @@ from typing import Any
 
 from abexrat.config import TrainConfig
 from abexrat.datasets import load_dataset
-from abexrat.embed import EmbeddingCache, fitted_encoder
+from abexrat.embed import EmbeddingCache
 from abexrat.encoders import leaves
-from abexrat.features import Features, build_encoder, featurize, fit_texts, n_to_embed
+from abexrat.features import Features, build_encoder, featurize, n_to_embed
 from abexrat.metrics import score
 from abexrat.run_folder import run_metrics, save_run
 from abexrat.train import TrainResult, fit, predict_proba
@@ -87,8 +87,7 @@ def run_config(cfg: TrainConfig, out: Path, progress: Any = None, stream: bool =
     n_texts = n_to_embed(ds, untitled, short) * len(leaves(enc))  # the bar advances once per text and encoder part
     advance = progress.task("encoding", n_texts) if progress else None
     cache = EmbeddingCache()
-    feats = featurize(ds, enc, cache, advance, untitled=untitled, short=short)
-    fitted_encoder(enc, fit_texts(ds, enc), cache)
+    feats = featurize(ds, enc, cache, advance, untitled=untitled, short=short)  # fits enc too
     if cfg.robustness.enabled:
         from abexrat.perturb import dataset_vectors
 

@@ -278,7 +278,7 @@ def confusion(model: Any, X: np.ndarray, y: np.ndarray, n_classes: int, chunk: i
 def stream_features(cfg: TrainConfig, progress: Any = None) -> tuple[Features, Encoder, dict[str, Any]]:
     """Scan, fit the encoder and (unless the cache has them) encode ``cfg``'s data file; Ray must be
     up. Returns the memory-mapped features, the fitted encoder and what the streaming found."""
-    from abexrat.embed import EmbeddingCache, EmbedStats, fitted_encoder
+    from abexrat.embed import EmbeddingCache, EmbedStats, fit_encoder
     from abexrat.encoders import save_encoder
     from abexrat.features import build_encoder
 
@@ -295,7 +295,7 @@ def stream_features(cfg: TrainConfig, progress: Any = None) -> tuple[Features, E
         advance.finish()
     enc, cache, stats = build_encoder(cfg), EmbeddingCache(), EmbedStats()
     t_fit = time.perf_counter()
-    fitted_encoder(enc, sample, cache)
+    fit_encoder(enc, sample, cache)
     stats.fit_s = time.perf_counter() - t_fit
     folder = cache.root / "streamed" / features_key(path, cfg, enc.key)
     n_rows = sum(sum(c.values()) for c in counts.values())

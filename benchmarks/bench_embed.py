@@ -112,7 +112,7 @@ def bench(texts: list[str], fit_texts: list[str], hf_texts: int, threads: int) -
 
     enc = make_encoder("hybrid")
     for leaf in enc.parts:
-        if leaf.needs_fit:
+        if leaf.learns:
             _, fit_s = timed(lambda leaf=leaf: leaf.fit(fit_texts))
     _, s = timed(lambda: enc.combine([leaf.encode(texts) for leaf in enc.parts]))
     row("hybrid", len(texts), s, toy=False, dim=enc.dim, fit_s=round(fit_s, 3))

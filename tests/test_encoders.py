@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from abexrat.core.errors import UserError
-from abexrat.embed import EmbeddingCache, EmbedStats, embed_texts
+from abexrat.embed import EmbeddingCache, EmbedStats, embed_texts, fit_encoder
 from abexrat.encoders import load_encoder, make_encoder, save_encoder
 
 TEXTS = [
@@ -87,6 +87,28 @@ def test_cache_second_run_encodes_nothing(tmp_path: Path) -> None:
     third = EmbedStats()
     embed_texts(make_encoder("hybrid", tfidf_dim=4, tfidf_min_df=1), [*TEXTS, "a new report"], TEXTS, cache, third)
     assert third.encoded == 2 and third.cached == 12
+
+
+def test_the_encoder_contract_fit_returns_self_and_the_fitted_state_comes_back_from_the_cache(
+    tmp_path: Path,
+) -> None:
+    tfidf = make_encoder("tfidf-svd", dim=4, min_df=1)
+    assert tfidf.learns and tfidf.needs_fitting
+    with pytest.raises(RuntimeError, match="encode before fit"):
+        tfidf.encode(TEXTS)
+    assert tfidf.fit(TEXTS) is tfidf and not tfidf.needs_fitting
+    wordllama = make_encoder("wordllama")
+    assert not wordllama.learns and not wordllama.needs_fitting and wordllama.fit(TEXTS) is wordllama
+
+    cache = EmbeddingCache(tmp_path)
+    first, second = EmbedStats(), EmbedStats()
+    a = fit_encoder(make_encoder("tfidf-svd", dim=4, min_df=1), TEXTS, cache, first)
+    b = fit_encoder(make_encoder("tfidf-svd", dim=4, min_df=1), TEXTS, cache, second)
+    assert first.fit_s > 0 and second.fit_s == 0  # the second read the state the first stored
+    assert a.key == b.key == tfidf.key
+    assert np.array_equal(a.encode(TEXTS), b.encode(TEXTS)) and np.allclose(a.encode(TEXTS), tfidf.encode(TEXTS))
+    with pytest.raises(ValueError, match="needs training texts"):
+        fit_encoder(make_encoder("tfidf-svd", dim=4, min_df=1), None, cache)
 
 
 def test_a_corrupt_cache_shard_is_dropped_and_rebuilt(tmp_path: Path) -> None:

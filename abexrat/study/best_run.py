@@ -30,13 +30,13 @@ def write_best_run(
     ``abexrat train out/best.yaml`` trains it."""
     import shutil
 
-    from abexrat.embed import EmbeddingCache, fitted_encoder
+    from abexrat.embed import EmbeddingCache, fit_encoder
     from abexrat.features import fit_texts
     from abexrat.run_folder import write_run
 
     if model is None:
         return None
-    fitted_encoder(encoder, fit_texts(ds, encoder), EmbeddingCache())  # its fitted state, from the cache
+    fit_encoder(encoder, fit_texts(ds, encoder), EmbeddingCache())  # its fitted state, from the cache
     partial = out / ".best.partial"
     shutil.rmtree(partial, ignore_errors=True)
     write_run(partial, best_cfg, encoder, *model, chosen=chosen)
