@@ -8,7 +8,7 @@ come from :mod:`abexrat.fused`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from abexrat.config import TrainConfig
 from abexrat.fused import StepInputs, mlp_focal_loss
 from abexrat.metrics import macro_f1
 from abexrat.model import EnsembleMLP
+from abexrat.optim import adamw
 from abexrat.precision import use_bf16
 
 EpochCallback = Callable[[int, dict[str, list[float]]], None]
@@ -51,69 +52,6 @@ def class_alpha(cfg: TrainConfig, y: np.ndarray, n_classes: int) -> torch.Tensor
 
         raise UserError(f"loss.alpha: {len(alpha)} weights for {n_classes} classes")
     return torch.tensor(alpha, dtype=torch.float32)
-
-
-class FusedAdamW:
-    """AdamW as torch's fused kernel (``torch._fused_adamw_``) over a fixed list of parameters.
-
-    The update is ``torch.optim.AdamW(params, lr, weight_decay=..., fused=True)``'s, bit for bit (a
-    test checks), without ``torch.optim.Optimizer`` around it: its constructor imports
-    ``torch._dynamo`` (~1.1 s in every process that trains: each ``abexrat train``, each trial
-    worker), and its ``step`` regroups the tensors by device and dtype every call.
-    """
-
-    def __init__(
-        self,
-        params: list[torch.Tensor],
-        lr: float,
-        weight_decay: float,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-    ) -> None:
-        self.params = list(params)
-        self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
-        self.exp_avg = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self.steps = [torch.tensor(0.0) for _ in self.params]  # fp32 counters, as torch's fused AdamW keeps them
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        live = [i for i, p in enumerate(self.params) if p.grad is not None]
-        if not live:
-            return
-        steps = [self.steps[i] for i in live]
-        torch._foreach_add_(steps, 1)
-        torch._fused_adamw_(
-            [self.params[i] for i in live],
-            [self.params[i].grad for i in live],
-            [self.exp_avg[i] for i in live],
-            [self.exp_avg_sq[i] for i in live],
-            [],
-            steps,
-            lr=self.lr,
-            beta1=self.betas[0],
-            beta2=self.betas[1],
-            weight_decay=self.weight_decay,
-            eps=self.eps,
-            amsgrad=False,
-            maximize=False,
-        )
-
-
-def adamw(params: list[torch.Tensor], lr: float, weight_decay: float) -> Any:
-    """The fused AdamW kernel (one pass over each parameter instead of a dozen foreach ops: about
-    10% of a step at batch 64): :class:`FusedAdamW` for fp32 CPU parameters, else ``torch.optim``'s
-    (fused where the build and device allow)."""
-    if hasattr(torch, "_fused_adamw_") and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params):
-        return FusedAdamW(params, lr, weight_decay)
-    try:
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, ValueError):
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -190,17 +128,54 @@ def fit(
     drop_gens = [np.random.Generator(np.random.SFC64(derived_seed(s, 2))) for s in members]  # the fastest raw bits
     adv_gens = [torch.Generator().manual_seed(derived_seed(s, 3)) for s in members]
     scale = mean_norm(X)
+    method = adversary(cfg, adv_gens, scale, variants)
+    if method_hook:
+        method_hook(method)
+    loss = LossTerms.of(cfg, y, n_classes, device)
+    params = list(model.parameters())
+    opt = adamw(params, cfg.train.lr, cfg.train.weight_decay)
+    # bf16: the products run in bf16; the weights, optimizer state and loss stay fp32.
+    bf16 = use_bf16(cfg.train.precision, device)
+    result = TrainResult(model, list(seeds), scale, precision="bf16" if bf16 else "fp32")
+    compute = torch.bfloat16 if bf16 else torch.float32
+    source = Xt if isinstance(X, np.memmap) else Xt.to(device, compute)
+    gather = EpochGather(model, source, yt, cfg.train.batch_size, compute, device)
+    for epoch in range(cfg.train.epochs):
+        model.train()
+        perms = [torch.from_numpy(r.permutation(n)) for r in shuffles]
+        loss_sum = torch.zeros(S, device=device)
+        for xb, yb, masks in gather.batches(perms, drop_gens):
+            loss_sum += _step(opt, params, method, compute, xb, yb, masks, loss)
+        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": (loss_sum / n).view(-1, k).mean(1).tolist()}
+        if val is not None:
+            pred = predict_proba(model, val[0]).argmax(-1)
+            record["val_macro_f1"] = [macro_f1(val[1], p, n_classes) for p in pred]
+        result.history.append(record)
+        if on_epoch:
+            on_epoch(epoch + 1, record)
+    del gather, source
+    release_free_memory()
+    model.eval()
+    result.train_s = time.perf_counter() - t0
+    return result
+
+
+def adversary(
+    cfg: TrainConfig, gens: list[torch.Generator], scale: float, variants: list[tuple[float, float]] | None
+) -> Any:
+    """The adversarial method of ``cfg`` for the members that ``gens`` seed, ε in units of
+    ``scale``; with ``variants`` one ε and p per member, variant by variant."""
     a = cfg.adversarial
     eps: float | torch.Tensor = a.eps * scale
     p: float | list[float] = a.p
-    if variants:  # one ε and p per member, variant by variant
-        per = len(members) // G
+    if variants:
+        per = len(gens) // len(variants)
         eps = torch.tensor([e * scale for e, _ in variants for _ in range(per)], dtype=torch.float32)
         p = [q for _, q in variants for _ in range(per)]
-    method = make_method(
+    return make_method(
         a.method,
         eps,
-        adv_gens,
+        gens,
         p=p,
         steps=a.steps,
         step_size=a.step_size * scale,
@@ -209,80 +184,100 @@ def fit(
         beta=a.beta,
         momentum=a.momentum,
     )
-    if method_hook:
-        method_hook(method)
-    gamma = cfg.loss.gamma if cfg.loss.name == "focal" else 0.0
-    alpha = class_alpha(cfg, y, n_classes)
-    alpha = None if alpha is None else alpha.to(device)
-    # Logit adjustment: the loss sees logits + tau log(prior), so the raw logits used at inference
-    # are pushed to favour rare classes (Menon et al., "Long-tail learning via logit adjustment").
-    prior = np.bincount(y, minlength=n_classes).astype(np.float64) + 1.0
-    shift = torch.tensor(cfg.loss.logit_adjust * np.log(prior / prior.sum()), dtype=torch.float32, device=device)
-    params = list(model.parameters())
-    opt = adamw(params, cfg.train.lr, cfg.train.weight_decay)
-    B = cfg.train.batch_size
-    # bf16: the products run in bf16; the weights, optimizer state and loss stay fp32.
-    bf16 = use_bf16(cfg.train.precision, device)
-    result = TrainResult(model, list(seeds), scale, precision="bf16" if bf16 else "fp32")
-    # Each epoch's rows are gathered, in each member's own order, into buffers sliced per step (views,
-    # no copies), with the dropout masks of those rows beside them. The buffers are batch-major,
-    # (batches, S, B, d): a step's rows are one contiguous (S, B, d) slab that the products read as
-    # is (a member-major slice is copied inside every matmul). They hold the products' dtype: a bf16
-    # batch is half the traffic, and bf16 activations times fp32 masks would promote to fp32 (an
-    # in-memory X is cast once). A training set larger than the buffer budget (a memory-mapped one:
-    # ``abexrat.stream_train``) is gathered block by block; blocks hold whole batches and the masks
-    # are drawn in order, so the steps are the same either way.
-    #
-    # On a GPU the whole in-memory X lives there, and the rows are gathered there. The dropout masks
-    # and the orders are drawn on the CPU (the same numbers on every device) and copied over once
-    # per block.
-    compute = torch.bfloat16 if bf16 else torch.float32
-    on_cpu = device.type == "cpu"
-    source = Xt if isinstance(X, np.memmap) else Xt.to(device, compute)
-    rows = block_rows(n, S, model.dims, B)
-    n_batches = -(-rows // B)
-    X_blk = torch.empty(n_batches, S, B, d, dtype=compute, device=device)
-    y_blk = torch.empty(n_batches, S, B, dtype=torch.int64, device=device)
-    masks_buf = [torch.empty(S, rows, h, dtype=compute) for h in model.dims[1:-1]] if model.dropout > 0 else None
-    masks_dev = masks_buf if on_cpu or masks_buf is None else [torch.empty_like(m, device=device) for m in masks_buf]
-    masks_blk = None
-    for epoch in range(cfg.train.epochs):
-        model.train()
-        perms = [torch.from_numpy(r.permutation(n)) for r in shuffles]
-        loss_sum = torch.zeros(S, device=device)
-        for b0 in range(0, n, rows):
-            m = min(rows, n - b0)
+
+
+@dataclass
+class LossTerms:
+    """What the focal loss needs beside the logits: ``gamma`` (0: cross-entropy), per-class
+    ``alpha`` (C,) or None, and the logit adjustment ``shift`` (C,)."""
+
+    gamma: float
+    alpha: torch.Tensor | None
+    shift: torch.Tensor
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, y: np.ndarray, n_classes: int, device: torch.device) -> LossTerms:
+        alpha = class_alpha(cfg, y, n_classes)
+        # Logit adjustment: the loss sees logits + tau log(prior), so the raw logits used at inference
+        # are pushed to favour rare classes (Menon et al., "Long-tail learning via logit adjustment").
+        prior = np.bincount(y, minlength=n_classes).astype(np.float64) + 1.0
+        shift = torch.tensor(cfg.loss.logit_adjust * np.log(prior / prior.sum()), dtype=torch.float32, device=device)
+        gamma = cfg.loss.gamma if cfg.loss.name == "focal" else 0.0
+        return cls(gamma, None if alpha is None else alpha.to(device), shift)
+
+
+class EpochGather:
+    """Each epoch's rows, gathered in each member's own order, batch by batch.
+
+    The rows go into buffers sliced per step (views, no copies), with the dropout masks of those
+    rows beside them. The buffers are batch-major, (batches, S, B, d): a step's rows are one
+    contiguous (S, B, d) slab that the products read as is (a member-major slice is copied inside
+    every matmul). They hold the products' dtype: a bf16 batch is half the traffic, and bf16
+    activations times fp32 masks would promote to fp32 (an in-memory X is cast once). A training set
+    larger than the buffer budget (a memory-mapped one: ``abexrat.stream_train``) is gathered block
+    by block; blocks hold whole batches and the masks are drawn in order, so the steps are the same
+    either way.
+
+    On a GPU the whole in-memory X lives there, and the rows are gathered there. The dropout masks
+    and the orders are drawn on the CPU (the same numbers on every device) and copied over once
+    per block.
+    """
+
+    def __init__(
+        self,
+        model: EnsembleMLP,
+        source: torch.Tensor,
+        y: torch.Tensor,
+        batch: int,
+        compute: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        S, d = model.n_members, source.shape[1]
+        self.model, self.source, self.y, self.batch, self.compute, self.device = (
+            model,
+            source,
+            y,
+            batch,
+            compute,
+            device,
+        )
+        self.n, self.d = source.shape[0], d
+        self.rows = block_rows(self.n, S, model.dims, batch)
+        n_batches = -(-self.rows // batch)
+        self.X_blk = torch.empty(n_batches, S, batch, d, dtype=compute, device=device)
+        self.y_blk = torch.empty(n_batches, S, batch, dtype=torch.int64, device=device)
+        dims = model.dims[1:-1]
+        self.masks_buf = [torch.empty(S, self.rows, h, dtype=compute) for h in dims] if model.dropout > 0 else None
+        on_cpu = device.type == "cpu"
+        self.masks_dev = (
+            None if on_cpu or self.masks_buf is None else [torch.empty_like(m, device=device) for m in self.masks_buf]
+        )
+
+    def batches(
+        self, perms: list[torch.Tensor], drop_gens: list[np.random.Generator]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None]]:
+        """(x (S, b, d), y (S, b), dropout masks [(S, b, h)] or None) for each step of one epoch."""
+        B, d, n = self.batch, self.d, self.n
+        for b0 in range(0, n, self.rows):
+            m = min(self.rows, n - b0)
             mb = -(-m // B)
             # row ids (mb, S, B); a block's last batch is padded with row 0 and sliced off below
             ids = torch.stack([torch.nn.functional.pad(p[b0 : b0 + m], (0, mb * B - m)).view(mb, B) for p in perms], 1)
             flat = ids.view(-1)
-            flat_dev = flat.to(device)
-            if source.dtype == compute and source.device == device:
-                torch.index_select(source, 0, flat_dev, out=X_blk[:mb].view(-1, d))
+            flat_dev = flat.to(self.device)
+            if self.source.dtype == self.compute and self.source.device == self.device:
+                torch.index_select(self.source, 0, flat_dev, out=self.X_blk[:mb].view(-1, d))
             else:  # a memory-mapped X: gathered on the CPU
-                X_blk[:mb].view(-1, d).copy_(source[flat])
-            torch.index_select(yt, 0, flat_dev, out=y_blk[:mb].view(-1))
-            masks_blk = model.dropout_masks(m, drop_gens, compute, out=masks_buf)
-            if masks_blk is not None and not on_cpu:
-                masks_blk = [dev[:, :m].copy_(mk, non_blocking=False) for dev, mk in zip(masks_dev, masks_blk)]
+                self.X_blk[:mb].view(-1, d).copy_(self.source[flat])
+            torch.index_select(self.y, 0, flat_dev, out=self.y_blk[:mb].view(-1))
+            masks_blk = self.model.dropout_masks(m, drop_gens, self.compute, out=self.masks_buf)
+            if masks_blk is not None and self.masks_dev is not None:
+                masks_blk = [dev[:, :m].copy_(mk, non_blocking=False) for dev, mk in zip(self.masks_dev, masks_blk)]
             for j in range(mb):
                 step = slice(j * B, min((j + 1) * B, m))
                 b = step.stop - step.start
-                xb, yb = X_blk[j, :, :b], y_blk[j, :, :b]
                 masks = None if masks_blk is None else [mk[:, step] for mk in masks_blk]
-                loss_sum += _step(opt, params, method, compute, xb, yb, masks, shift, gamma, alpha)
-        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": (loss_sum / n).view(-1, k).mean(1).tolist()}
-        if val is not None:
-            pred = predict_proba(model, val[0]).argmax(-1)
-            record["val_macro_f1"] = [macro_f1(val[1], p, n_classes) for p in pred]
-        result.history.append(record)
-        if on_epoch:
-            on_epoch(epoch + 1, record)
-    del X_blk, y_blk, masks_buf, masks_dev, masks_blk, source
-    release_free_memory()
-    model.eval()
-    result.train_s = time.perf_counter() - t0
-    return result
+                yield self.X_blk[j, :, :b], self.y_blk[j, :, :b], masks
 
 
 def _step(
@@ -293,16 +288,15 @@ def _step(
     xb: torch.Tensor,
     yb: torch.Tensor,
     masks: list[torch.Tensor] | None,
-    shift: torch.Tensor,
-    gamma: float,
-    alpha: torch.Tensor | None,
+    loss_terms: LossTerms,
 ) -> torch.Tensor:
     """One optimizer step on a batch xb (S, b, d), yb (S, b); returns each member's loss sum (S,).
 
     The products run in ``dtype`` on weights cast once per step. On an attacked step one backward
     pass gives the clean loss's weight gradients and the gradient w.r.t. x the attack needs; the
     attacked loss's weight gradients then add to them."""
-    inputs = StepInputs.cast(params, dtype, y=yb, masks=masks, shift=shift, gamma=gamma, alpha=alpha)
+    t = loss_terms
+    inputs = StepInputs.cast(params, dtype, y=yb, masks=masks, shift=t.shift, gamma=t.gamma, alpha=t.alpha)
 
     def loss_fn(x: torch.Tensor) -> torch.Tensor:
         return mlp_focal_loss(x, inputs)

@@ -9,7 +9,8 @@ import torch
 from abexrat.adversarial import make_method
 from abexrat.fused import StepInputs, mlp_focal_loss
 from abexrat.model import EnsembleMLP, focal_loss
-from abexrat.train import _step, adamw
+from abexrat.optim import adamw
+from abexrat.train import LossTerms, _step
 
 
 def _problem(hidden: list[int], dropout: float, dtype: torch.dtype = torch.float64, seed: int = 0):  # noqa: ANN202
@@ -120,7 +121,7 @@ def test_one_merged_step_equals_the_plain_autograd_step(method: str) -> None:
         )
         for _ in range(3):
             if merged:
-                _step(opt, params, m, torch.float32, x, y, masks, shift, 2.0, None)
+                _step(opt, params, m, torch.float32, x, y, masks, LossTerms(2.0, None, shift))
                 continue
             from abexrat.adversarial import Batch
 

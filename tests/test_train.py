@@ -204,7 +204,7 @@ def test_scores_equal_sklearns() -> None:
 
 
 def test_fused_adamw_updates_exactly_like_torch_optims() -> None:
-    from abexrat.train import FusedAdamW
+    from abexrat.optim import FusedAdamW
 
     gen = torch.Generator().manual_seed(0)
     shapes = [(3, 10, 32), (3, 32, 4), (3, 1, 32), (3, 1, 4)]
