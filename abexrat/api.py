@@ -202,10 +202,11 @@ class Run:
             ``std`` of each, and ``per_class`` precision / recall / F1 / support: what
             ``abexrat evaluate --json`` writes.
         """
+        from abexrat.data import streams
         from abexrat.metrics import score_confusion
 
         loaded = self.loaded
-        if isinstance(data, str | Path) and stream is not False and should_stream(Path(data), bool(stream)):
+        if isinstance(data, str | Path) and stream is not False and streams(Path(data), bool(stream)):
             from abexrat.stream import stream_confusion
 
             conf, n = stream_confusion(self.folder, Path(data), len(loaded.classes), text_column, label_column)
@@ -254,13 +255,6 @@ class Run:
         }
 
 
-def should_stream(path: Path, asked: bool) -> bool:
-    """Whether a file goes through Ray Data: asked, or too large for memory."""
-    from abexrat.data import fits_in_memory
-
-    return asked or (path.is_file() and not fits_in_memory(path))
-
-
 def _rows(data: Any, text_column: str | None) -> tuple[Path, list[dict[str, Any]]]:
     from abexrat.core.errors import UserError
     from abexrat.data import read_rows
@@ -305,4 +299,4 @@ def read_reports(path: Path, text_column: str | None) -> tuple[list[str], list[s
     return ids, texts, rows
 
 
-__all__ = ["Run", "load_run", "read_labeled", "read_reports", "should_stream", "train", "train_config"]
+__all__ = ["Run", "load_run", "read_labeled", "read_reports", "train", "train_config"]

@@ -205,10 +205,11 @@ def evaluate(
     ] = False,
 ) -> None:
     """Score a run's seed models on any labeled dataset with the same classes."""
-    from abexrat.api import load_run, read_labeled, should_stream
+    from abexrat.api import load_run, read_labeled
+    from abexrat.data import streams
 
     run = load_run(run_dir)
-    if should_stream(data, stream):
+    if streams(data, stream):
         if robustness:
             raise UserError(f"{data}: --robustness scores a file held in memory, not one streamed through Ray Data")
         with out.status(f"streaming {data.name} through Ray Data"):
@@ -260,12 +261,13 @@ def predict(
     stream: StreamFlag = False,
 ) -> None:
     """Print a label and class probabilities (mean over the run's seeds) for each report."""
-    from abexrat.api import load_run, read_reports, should_stream
+    from abexrat.api import load_run, read_reports
+    from abexrat.data import streams
 
     run = load_run(run_dir)
     if stream and str(input_file) == "-":
         raise UserError("--stream reads a file; standard input (-) is read whole")
-    if should_stream(input_file, stream):
+    if streams(input_file, stream):
         from abexrat.stream import scored_batches
 
         for b in scored_batches(run_dir, input_file, text_column):

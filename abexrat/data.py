@@ -100,6 +100,22 @@ def fits_in_memory(path: Path) -> bool:
     return free is None or path.stat().st_size * MEMORY_FACTOR.get(path.suffix.lower(), 4) <= free
 
 
+# The file formats Ray Data reads in batches: a file of these can be larger than memory.
+STREAM_SUFFIXES = (".jsonl", ".csv", ".parquet", ".pq")
+
+
+def streams(path: Path, asked: bool) -> bool:
+    """Whether a data file goes through Ray Data in batches (train, evaluate, predict): asked, or too
+    large for memory. One too large in a format that cannot stream is refused in one line."""
+    if asked:
+        return True
+    if not path.is_file() or fits_in_memory(path):
+        return False
+    if path.suffix.lower() not in STREAM_SUFFIXES:
+        _check_fits_in_memory(path)
+    return True
+
+
 def _check_fits_in_memory(path: Path) -> None:
     """Refuse, with one line, a file whose rows cannot fit in memory, rather than be killed halfway."""
     need = path.stat().st_size * MEMORY_FACTOR.get(path.suffix.lower(), 4)

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from abexrat.core.errors import UserError
+from abexrat.data import STREAM_SUFFIXES
 from abexrat.rows import Columns, class_index, plain_value, row_id, row_text, where_in_stream
 
 STREAM_BATCH = 512  # rows per batch: a few MB of text and vectors at a time
-STREAM_SUFFIXES = (".jsonl", ".csv", ".parquet", ".pq")
 
 
 def setup_data() -> None:

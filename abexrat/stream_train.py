@@ -44,14 +44,13 @@ import numpy as np
 
 from abexrat.config import TrainConfig
 from abexrat.core.errors import UserError
-from abexrat.data import _check_fits_in_memory, _class_order, fits_in_memory
+from abexrat.data import _class_order, streams
 from abexrat.datasets import columns
 from abexrat.encoders import Encoder
 from abexrat.feature_files import FORMAT, SPLITS, discard_unless_whole, open_split
 from abexrat.features import Features
 from abexrat.rows import plain_value, row_id, row_label, row_text, where_in_stream
 from abexrat.stream import (
-    STREAM_SUFFIXES,
     check_streamable,
     checked_batches,
     map_stream,
@@ -63,20 +62,14 @@ FIT_SAMPLE = 50_000  # training texts a fitted encoder learns from
 
 
 def wants_stream(cfg: TrainConfig, asked: bool) -> bool:
-    """Whether the config's data streams (train, study): asked (``train --stream``), or a data file
-    too large for memory."""
+    """Whether the config's data streams (train, study): the file rule of
+    :func:`abexrat.data.streams`, for a ``data.dataset`` that is one data file."""
     path = Path(cfg.data.dataset)
     if cfg.data.dataset == "osha" or not path.is_file():
         if asked:
             raise UserError(f"data.dataset: --stream trains on one .jsonl, .csv or .parquet file, not {path}")
         return False
-    if asked:
-        return True
-    if fits_in_memory(path):
-        return False
-    if path.suffix.lower() not in STREAM_SUFFIXES:
-        _check_fits_in_memory(path)  # refuse in one line: too large to read whole, a format that cannot stream
-    return True
+    return streams(path, asked)
 
 
 def split_of(text: str, seed: int, val_fraction: float, test_fraction: float) -> int:
