@@ -34,7 +34,7 @@ def osha_texts() -> tuple[list[str], list[str]]:
     from abexrat.config import load_train_config
     from abexrat.datasets import load_dataset
 
-    ds = load_dataset(load_train_config(REPO / "studies" / "baseline.yaml"))
+    ds = load_dataset(load_train_config(REPO / "studies" / "baseline_offline.yaml"))
     texts = [t for part in (ds.train, ds.synthetic, ds.val, ds.test) for t in part.texts]
     return texts, list(ds.train.texts)
 

@@ -1,6 +1,6 @@
 """The cost of scoring robustness, as a share of the trial or run it belongs to.
 
-Two shapes, both on the OSHA features of the baseline recipe (``studies/baseline.yaml``):
+Two shapes, both on the OSHA features of the baseline recipe (``studies/baseline_offline.yaml``):
 
 - a **search trial** of ``studies/robustness.yaml``: one MLP per seed, 2 seeds, 12 epochs; robustness
   scored on val only (FGM and PGD-10 at 4 ε, the natural perturbations' vectors encoded once by the
@@ -45,7 +45,7 @@ def measure(overrides: list[str], splits: tuple[str, ...], threads: int) -> dict
 
     torch.set_num_threads(threads)
     clock = _clock(threads)
-    cfg = load_train_config(REPO / "studies" / "baseline.yaml", overrides)
+    cfg = load_train_config(REPO / "studies" / "baseline_offline.yaml", overrides)
     ds, enc, cache = load_dataset(cfg), build_encoder(cfg), EmbeddingCache()
     feats = featurize(ds, enc, cache)
     t = time.perf_counter()

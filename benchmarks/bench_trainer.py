@@ -2,7 +2,7 @@
 
 The trainer (``abexrat.train.fit``: S seeds as one batched MLP, focal loss, the adversarial method,
 a validation pass per epoch) trains on the OSHA features of the baseline recipe
-(``studies/baseline.yaml``, by default with ``data.aug_ratio=1``: 6,361 x 640 inputs).
+(``studies/baseline_offline.yaml``, by default with ``data.aug_ratio=1``: 6,361 x 640 inputs).
 
 FLOPs are counted, not estimated: one extra run of the same fit (same seeds, so the same batches
 and the same RAT coins) under a ``TorchDispatchMode`` records every matrix product torch executes
@@ -48,7 +48,9 @@ def load_features(aug_ratio: float, synthetic: bool) -> tuple[Any, ...]:
     from abexrat.config import load_train_config
 
     # one MLP per seed: S seeds are S members, as in a search trial
-    cfg = load_train_config(REPO / "studies" / "baseline.yaml", [f"data.aug_ratio={aug_ratio}", "model.ensemble=1"])
+    cfg = load_train_config(
+        REPO / "studies" / "baseline_offline.yaml", [f"data.aug_ratio={aug_ratio}", "model.ensemble=1"]
+    )
     if synthetic:
         rng = np.random.default_rng(0)
         X = rng.normal(size=(6361, 640)).astype(np.float32)

@@ -166,7 +166,7 @@ def load_texts(dataset: str | None) -> tuple[list[str], list[tuple[str, str]]]:
     from abexrat.datasets import load_dataset
 
     overrides = [f"data.dataset={dataset}", "data.aug_pool=published"] if dataset else []
-    ds = load_dataset(load_train_config(REPO / "studies" / "baseline.yaml", overrides))
+    ds = load_dataset(load_train_config(REPO / "studies" / "baseline_offline.yaml", overrides))
     texts = [t for part in (ds.train, ds.val, ds.test) for t in part.texts]
     minority = [
         (ds.train.texts[i], ds.classes[ds.train.labels[i]])

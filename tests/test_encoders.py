@@ -164,7 +164,7 @@ def test_title_weight_adds_the_title_vector_to_titled_texts_only(tmp_path: Path)
     ],
 )
 def test_bad_tfidf_analyzer_options_exit_2_naming_the_key(override: str, message: str, cli, tmp_path: Path) -> None:  # noqa: ANN001
-    config = Path(__file__).resolve().parents[1] / "studies" / "baseline.yaml"
+    config = Path(__file__).resolve().parents[1] / "studies" / "baseline_offline.yaml"
     r = cli("train", config, "--set", override, "--out", tmp_path / "run")
     assert r.code == 2 and message in r.stderr
     assert not (tmp_path / "run").exists()

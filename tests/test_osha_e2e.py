@@ -1,4 +1,4 @@
-"""The default recipe on the real OSHA splits, as a user runs it (shortened to 4 epochs)."""
+"""The offline recipe on the real OSHA splits, as a user runs it (shortened to 4 epochs)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tests.conftest import REPO
 def test_baseline_trains_on_osha_and_a_rerun_encodes_nothing(osha_dir: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
     args = [
         "train",
-        REPO / "studies" / "baseline.yaml",
+        REPO / "studies" / "baseline_offline.yaml",
         "--seeds",
         "2",
         "--set",

@@ -484,6 +484,16 @@ def test_every_shipped_study_file_validates() -> None:
             kinds[path.stem] = "augment"
         elif path.name == "baseline.yaml":
             cfg = load_train_config(path)
+            parts = [e["name"] for e in cfg.encoder.options["encoders"]]
+            assert cfg.encoder.name == "combined" and parts == [
+                "hf:sentence-transformers/all-mpnet-base-v2",
+                "hf:sentence-transformers/all-MiniLM-L6-v2",
+                "tfidf-svd",
+            ]
+            assert cfg.adversarial.method == "rat" and cfg.data.aug_ratio == 1.0 and cfg.model.ensemble == 3
+            kinds[path.stem] = "train"
+        elif path.name == "baseline_offline.yaml":
+            cfg = load_train_config(path)
             assert cfg.encoder.name == "hybrid" and cfg.adversarial.method == "rat" and cfg.data.aug_ratio == 1.0
             kinds[path.stem] = "train"
         else:

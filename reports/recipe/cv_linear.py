@@ -34,7 +34,7 @@ def main() -> None:
     from abexrat.cv import cv_datasets
     from abexrat.datasets import load_dataset
 
-    cfg = load_train_config(REPO / "studies" / "baseline.yaml", [])
+    cfg = load_train_config(REPO / "studies" / "baseline_offline.yaml", [])
     datasets, y, held = cv_datasets(load_dataset(cfg), 5, 0, ["train", "val"])
     fitted = []
     for fold in datasets:

@@ -1,6 +1,6 @@
 """Does training in bf16 (``train.precision``) cost the recipe anything? 5-fold CV, same seeds.
 
-studies/baseline.yaml with ``train.precision=fp32`` and with ``bf16``, each cross-validated with
+studies/baseline_offline.yaml with ``train.precision=fp32`` and with ``bf16``, each cross-validated with
 abexrat's own CV (stratified 5-fold over the 4,023 train + val originals; test is never read) on the
 same seeds; the paired differences of the per-seed out-of-fold macro-F1 and a Wilcoxon test.
 
@@ -36,7 +36,7 @@ def main() -> None:
     res: dict = {"seeds": seeds}
     for precision in ("fp32", "bf16"):
         t0 = time.perf_counter()
-        cfg = load_train_config(REPO / "studies" / "baseline.yaml", [f"train.precision={precision}"])
+        cfg = load_train_config(REPO / "studies" / "baseline_offline.yaml", [f"train.precision={precision}"])
         cvf = cv_featurize(load_dataset(cfg), cfg, 5, 0, ["train", "val"], EmbeddingCache())
         _, s = cv_train_and_score(cvf, cfg, seeds)
         res[precision] = {

@@ -1,6 +1,6 @@
-"""The evidence behind studies/baseline.yaml: each recipe step scored by abexrat's own 5-fold CV.
+"""The evidence behind studies/baseline_offline.yaml: each recipe step scored by abexrat's own 5-fold CV.
 
-Every variant is studies/baseline.yaml with a few overrides, scored with ``abexrat.cv`` (stratified
+Every variant is studies/baseline_offline.yaml with a few overrides, scored with ``abexrat.cv`` (stratified
 5-fold CV over the 4,023 train + val originals, synthetic rows only from training folds, tf-idf
 fitted per fold; the test split is never read). Seeds are trained batched; the macro-F1 of each
 seed's out-of-fold predictions is reported as mean, std and per seed.
@@ -47,7 +47,7 @@ ABLATIONS: list[tuple[str, list[str]]] = [
     ("+ tf-idf SVD 768-d (encoder.options.tfidf_dim=768)", ["encoder.options={tfidf_dim: 768}"]),
     ("recipe, adversarial none", ["adversarial.method=none"]),
     ("recipe, adversarial fgm (every batch)", ["adversarial.method=fgm"]),
-    # adopted: studies/baseline.yaml (4x fewer optimizer steps, the trainer nearer its matmul floor)
+    # adopted: studies/baseline_offline.yaml (4x fewer optimizer steps, the trainer nearer its matmul floor)
     ("recipe, batch 256 and lr 0.003", ["train.batch_size=256", "train.lr=0.003"]),
     # adopted as train.precision=auto (bf16 on CPUs that multiply it natively): ~1.7x faster trials
     (
@@ -83,7 +83,7 @@ def main() -> None:
         if (args.only is not None and i not in args.only) or (name in results and not args.again):
             continue
         t0 = time.perf_counter()
-        cfg = load_train_config(REPO / "studies" / "baseline.yaml", sets)
+        cfg = load_train_config(REPO / "studies" / "baseline_offline.yaml", sets)
         ds = load_dataset(cfg)
         cvf = cv_featurize(ds, cfg, args.folds, 0, ["train", "val"], EmbeddingCache())
         _, s = cv_train_and_score(cvf, cfg, list(range(args.seeds)))
