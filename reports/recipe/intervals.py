@@ -17,15 +17,14 @@ import numpy as np
 
 
 def predictions(run_dir: Path, data: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from abexrat.cli import _read_unlabeled
+    from abexrat.api import read_labeled
     from abexrat.embed import embed_texts
     from abexrat.run_folder import load_run
     from abexrat.train import predict_proba
 
     run = load_run(run_dir)
-    _, texts, rows = _read_unlabeled(data, None)
-    y = np.asarray([run.classes.index(r["gold"]) for r in rows])
-    return y, predict_proba(run.model, embed_texts(run.encoder, texts)).argmax(-1), run.classes
+    texts, y = read_labeled(data, None, "gold", run.classes)
+    return np.asarray(y), predict_proba(run.model, embed_texts(run.encoder, texts)).argmax(-1), run.classes
 
 
 def main() -> None:
