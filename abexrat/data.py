@@ -121,10 +121,11 @@ def _check_fits_in_memory(path: Path) -> None:
     need = path.stat().st_size * MEMORY_FACTOR.get(path.suffix.lower(), 4)
     free = available_memory()
     if free is not None and need > free:
+        hint = " (convert a JSON list to JSON Lines, one report per line)" if path.suffix.lower() == ".json" else ""
         raise UserError(
             f"{path}: {path.stat().st_size / 2**30:.1f} GB on disk needs about {need / 2**30:.1f} GB in memory, "
             f"{free / 2**30:.1f} GB available; as one .jsonl, .csv or .parquet file abexrat streams it "
-            "through Ray Data (train, evaluate, predict)"
+            f"through Ray Data (train, evaluate, predict){hint}"
         )
 
 

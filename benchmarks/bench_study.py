@@ -73,7 +73,7 @@ def make_study(
     import yaml
 
     from abexrat.core.safe_yaml import load_yaml
-    from abexrat.study.config import load_study
+    from abexrat.study.config import load_study, merge_trainer
 
     quick = load_yaml(REPO / "studies" / "quickstart.yaml")
     raw = {
@@ -81,7 +81,7 @@ def make_study(
         "kind": "search",
         "seed": quick.get("seed", 0),
         "base": str(REPO / "studies" / quick["base"]),
-        "trainer": _merge({**quick.get("trainer", {}), "train": {"epochs": epochs}}, trainer_overrides or {}),
+        "trainer": merge_trainer({**quick.get("trainer", {}), "train": {"epochs": epochs}}, trainer_overrides or {}),
         "space": quick["space"],
         "objective": quick.get("objective", {}),
         "budget": {
@@ -98,14 +98,6 @@ def make_study(
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return load_study(path)
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """``extra`` over ``base``, nested dicts merged key by key."""
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 class _Timeline:

@@ -260,6 +260,10 @@ def study_child(args: argparse.Namespace) -> None:
     if args.tiny:  # a small encoder and MLP: the tiny dataset has ~200 reports
         overrides["encoder"] = {"name": "hybrid", "options": {"tfidf_dim": 32, "tfidf_min_df": 1}}
         overrides["model"] = {"hidden": [32]}
+    else:  # the offline recipe's encoder: a GPU machine may reach no model hub, and trials/hour is measured
+        from abexrat.core.safe_yaml import load_yaml
+
+        overrides["encoder"] = load_yaml(REPO / "studies" / "baseline_offline.yaml")["encoder"]
     budget_s = plan["study_budget_s"] or None
     with tempfile.TemporaryDirectory() as tmp:
         study = bench_study.make_study(

@@ -622,3 +622,25 @@ final: {seeds: 2}
         (result,) = (out / "search").glob(f"run_trial_{tid}_*/result.json")
         tune_trial_s = json.loads(result.read_text().splitlines()[-1])["trial_s"]
         assert rows["trial_s"].sum() == pytest.approx(tune_trial_s) and rows["trial_s"].nunique() == 1
+
+
+def test_a_trainer_naming_another_encoder_does_not_inherit_the_base_encoders_options(tmp_path: Path) -> None:
+    """base: baseline.yaml (the combined encoder) with trainer: {encoder: {name: hybrid, ...}} is the
+    hybrid with its own options; the base's title view and synthetic fit still apply. Naming the same
+    encoder merges key by key, as every other section does."""
+    from abexrat.study.config import load_study
+
+    study = tmp_path / "s.yaml"
+    study.write_text(
+        f"name: s\nkind: search\nbase: {REPO / 'studies' / 'baseline.yaml'}\n"
+        "trainer: {encoder: {name: hybrid, options: {tfidf_dim: 64}}}\n"
+        "space: {adversarial.eps: {type: float, low: 0.01, high: 1.0}}\n"
+    )
+    cfg = load_study(study).train_config()
+    assert cfg.encoder.name == "hybrid" and cfg.encoder.options == {"tfidf_dim": 64}
+    assert cfg.encoder.title_weight == 1.0 and cfg.encoder.fit_synthetic is True
+    same = tmp_path / "same.yaml"
+    same.write_text(study.read_text().replace("name: hybrid, options: {tfidf_dim: 64}", "title_weight: 0.5"))
+    cfg = load_study(same).train_config()
+    assert cfg.encoder.name == "combined" and len(cfg.encoder.options["encoders"]) == 3
+    assert cfg.encoder.title_weight == 0.5

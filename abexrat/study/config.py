@@ -379,8 +379,7 @@ def load_study(path: str | Path) -> Study:
     if study.base:
         base_path = (path.parent / study.base) if not Path(study.base).is_absolute() else Path(study.base)
         base = load_yaml(base_path)
-        merged = _merge(base, study.trainer)
-        study = study.model_copy(update={"trainer": merged})
+        study = study.model_copy(update={"trainer": merge_trainer(base, study.trainer)})
     # The trainer, every searched key, every arm and every baseline must make a valid config.
     study.train_config(where=f"{path}: trainer")
     _check_shared_features(study, path)
@@ -414,6 +413,21 @@ def _check_shared_features(study: Study, path: Path) -> None:
                 f"{path}: {where}: every trial of a study trains on one shared featurization, so no "
                 f"trial can change {key}; set it under trainer: (one study per setting)"
             )
+
+
+def merge_trainer(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """A train config's keys under a study's ``trainer:`` section, nested sections merged key by key.
+
+    An ``encoder`` that names another encoder than the base's does not inherit the base's
+    ``encoder.options``: the options belong to the encoder they configure (``base: baseline.yaml``
+    with ``trainer: {encoder: {name: hybrid}}`` is the hybrid with its own defaults)."""
+    merged = _merge(base, over)
+    enc, base_enc = over.get("encoder"), base.get("encoder")
+    if not (isinstance(enc, dict) and isinstance(base_enc, dict)):
+        return merged
+    if enc.get("name", base_enc.get("name")) != base_enc.get("name"):
+        merged["encoder"] = _merge({k: v for k, v in base_enc.items() if k != "options"}, enc)
+    return merged
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
