@@ -14,9 +14,6 @@ from abexrat.core.io import atomic_path, cache_dir
 CHUNK_COLUMNS = ("source_key", "source_id", "label", "k", "seed", "abstract", "text", "abstract_tokens", "text_tokens")
 
 
-CHUNK_COLUMNS = ("source_key", "source_id", "label", "k", "seed", "abstract", "text", "abstract_tokens", "text_tokens")
-
-
 class ChunkCache:
     """Generated rows per source key, in Parquet chunks under ``root/augment/<spec key>/``."""
 

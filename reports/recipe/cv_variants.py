@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+DEFAULT_BASE = REPO / "studies" / "baseline.yaml"
 
 
-def variant_config(spec: str, base: Path = REPO / "studies" / "baseline.yaml") -> tuple[str, object, str]:
+def variant_config(spec: str, base: Path = DEFAULT_BASE) -> tuple[str, object, str]:
     """A variant's (name, train config, featurization key): the ``base`` recipe under the spec's
     comma-separated overrides; variants with the same key can share one featurization."""
     from abexrat.config import load_train_config
@@ -35,7 +36,7 @@ def main() -> None:
     p.add_argument("variants", nargs="+", help='comma-separated overrides per variant; "" for the default')
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--base", type=Path, default=REPO / "studies" / "baseline.yaml", help="the recipe varied")
+    p.add_argument("--base", type=Path, default=DEFAULT_BASE, help="the recipe varied")
     args = p.parse_args()
 
     from abexrat.core.io import write_json

@@ -48,9 +48,10 @@ def main() -> None:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--average", action="store_true", help="also score test-time averages of the views")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--base", type=Path, default=None, help="the recipe varied (default: studies/baseline.yaml)")
     args = p.parse_args()
 
-    from cv_variants import variant_config  # this folder is on sys.path when a script here runs
+    from cv_variants import DEFAULT_BASE, variant_config  # this folder is on sys.path when a script here runs
 
     from abexrat.core.io import write_json
     from abexrat.cv import cv_datasets
@@ -66,7 +67,7 @@ def main() -> None:
     rows = []
     for spec in args.variants:
         t0 = time.perf_counter()
-        name, cfg, key = variant_config(spec)
+        name, cfg, key = variant_config(spec, args.base or DEFAULT_BASE)
         if key not in prepared:
             datasets, y, held = cv_datasets(load_dataset(cfg), args.folds, 0, ["train", "val"])
             folds = []
