@@ -138,7 +138,11 @@ def fit_encoder(
             except Exception:
                 pass  # a broken state file: fit again below
         t0 = time.perf_counter()
-        leaf.fit(fit_texts)
+        try:
+            leaf.fit(fit_texts)
+        except BaseException:
+            leaf.fit_digest = ""  # not fitted after all: the digest above only named the cache folder
+            raise
         if stats:
             stats.fit_s += time.perf_counter() - t0
         save_encoder(leaf, folder)
