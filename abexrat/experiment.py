@@ -1,7 +1,9 @@
-"""One configuration end to end: features -> seeds trained -> scores, and ``abexrat train``.
+"""One configuration end to end: features -> seeds trained -> scores -> the run folder (``abexrat train``).
 
-Training and scoring are the same for a dataset held in memory and for a streamed one
-(:mod:`abexrat.stream_train`); only how the features are made and how many predictions are kept differ.
+One path for every data size: :func:`abexrat.feature_source.make_features` holds the vectors in
+memory or memory-maps them from streamed feature files, and training and scoring read both the same
+way (scoring a chunk at a time into confusion matrices). Only how many predictions are kept differs:
+a streamed dataset's are too many.
 """
 
 from __future__ import annotations
@@ -11,14 +13,29 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from abexrat.config import TrainConfig
-from abexrat.datasets import load_dataset
-from abexrat.embed import EmbeddingCache
-from abexrat.encoders import leaves
-from abexrat.features import Features, build_encoder, featurize, n_to_embed
-from abexrat.metrics import score
+from abexrat.feature_source import make_features
+from abexrat.features import Features
+from abexrat.metrics import confusions, score_confusion
 from abexrat.run_folder import run_metrics, save_run
 from abexrat.train import TrainResult, fit, predict_proba
+
+
+def predict_split(
+    model: Any, X: np.ndarray, y: np.ndarray, n_classes: int, keep: bool, chunk: int = 65536
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-seed confusion matrices (S, C, C), rows true, of ``X`` (n, dim) scored a chunk at a time
+    (memory-mapped vectors are never all read at once), and with ``keep`` the predictions (S, n)."""
+    conf = np.zeros((model.n_seeds, n_classes, n_classes), np.int64)
+    kept = [np.zeros((model.n_seeds, 0), np.int64)]
+    for i in range(0, len(X), chunk):
+        pred = predict_proba(model, np.asarray(X[i : i + chunk])).argmax(-1)  # (S, chunk)
+        conf += confusions(np.asarray(y[i : i + chunk]), pred, n_classes)
+        if keep:
+            kept.append(pred)
+    return conf, (np.concatenate(kept, axis=1) if keep else None)
 
 
 def train_and_score(
@@ -34,10 +51,11 @@ def train_and_score(
     result = fit(X, y, len(feats.classes), cfg, seeds, val=(feats.X_val, feats.y_val), on_epoch=on_epoch)
     scores: dict[str, Any] = {}
     splits = [("val", feats.X_val, feats.y_val)] + ([("test", feats.X_test, feats.y_test)] if with_test else [])
+    keep = not feats.is_memmapped  # (S, n): paired tests compare these; a streamed dataset's are too many
     for split, Xs, ys in splits:
-        pred = predict_proba(result.model, Xs).argmax(-1)
-        scores[split] = score(ys, pred, feats.classes)
-        if not feats.is_memmapped:  # (S, n): paired tests compare these; a streamed dataset's are too many
+        conf, pred = predict_split(result.model, Xs, ys, len(feats.classes), keep)
+        scores[split] = score_confusion(conf, feats.classes)
+        if pred is not None:
             scores[f"{split}_pred"] = pred.astype(int).tolist()
     scores["train_size"] = int(len(y))
     if cfg.robustness.enabled:
@@ -64,37 +82,23 @@ def train_and_score_variants(
     X, y = feats.training_set_for(cfg)
     val = (feats.X_val, feats.y_val)
     result = fit(X, y, len(feats.classes), cfg, seeds, val=val, on_epoch=on_epoch, variants=variants)
-    pred = predict_proba(result.model, feats.X_val).argmax(-1)  # (G S, n)
+    conf, _ = predict_split(result.model, feats.X_val, feats.y_val, len(feats.classes), keep=False)  # (G S, C, C)
     S = len(seeds)
     return result, [
-        {"val": score(feats.y_val, pred[j * S : (j + 1) * S], feats.classes), "train_size": int(len(y))}
+        {"val": score_confusion(conf[j * S : (j + 1) * S], feats.classes), "train_size": int(len(y))}
         for j in range(len(variants))
     ]
 
 
 def run_config(cfg: TrainConfig, out: Path, progress: Any = None, stream: bool = False) -> dict[str, Any]:
-    """``abexrat train``: load, embed, train ``cfg.seeds`` seeds, score, save. Returns metrics.json.
-
-    A data file too large for memory (or ``stream``) goes through :mod:`abexrat.stream_train`."""
-    from abexrat.stream_train import run_streamed, wants_stream
-
-    if wants_stream(cfg, stream):
-        return run_streamed(cfg, out, progress)
+    """``abexrat train``: features (in memory, or streamed with ``stream`` or for a file too large for
+    memory), ``cfg.seeds`` seeds trained, scored, saved. Returns metrics.json."""
     t0 = time.perf_counter()
-    ds = load_dataset(cfg)
-    enc = build_encoder(cfg)
-    untitled, short = cfg.data.untitled_copies, cfg.data.short_copies
-    n_texts = n_to_embed(ds, untitled, short) * len(leaves(enc))  # the bar advances once per text and encoder part
-    advance = progress.task("encoding", n_texts) if progress else None
-    cache = EmbeddingCache()
-    feats = featurize(ds, enc, cache, advance, untitled=untitled, short=short)  # fits enc too
-    if cfg.robustness.enabled:
-        from abexrat.perturb import dataset_vectors
-
-        feats.perturbed = dataset_vectors(ds, enc, cfg.robustness, cache)
-    seeds = cfg.seed_list()
+    made = make_features(cfg, progress, stream)
+    feats, seeds = made.feats, cfg.seed_list()
     tick = progress.task(f"training {len(seeds)} seed(s)", cfg.train.epochs) if progress else None
     result, scores = train_and_score(feats, cfg, seeds, on_epoch=(lambda e, r: tick(1)) if tick else None)
-    metrics = run_metrics(cfg, feats, result, scores, scores["train_size"], t0)
-    save_run(out, cfg, enc, ds.classes, result, metrics)
+    extra = {"streamed": made.streamed} if made.streamed is not None else {}
+    metrics = run_metrics(cfg, feats, result, scores, scores["train_size"], t0, **extra)
+    save_run(out, cfg, made.encoder, feats.classes, result, metrics)
     return metrics

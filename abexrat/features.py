@@ -2,7 +2,8 @@
 
 ``featurize`` embeds a dataset held in memory; a dataset too large for memory is encoded by
 :mod:`abexrat.stream_train` into feature files (:mod:`abexrat.feature_files`) that ``Features``
-memory-maps instead. Training and scoring read ``Features`` the same way either way.
+memory-maps instead (:func:`abexrat.feature_source.make_features` picks the backend). Training and
+scoring read ``Features`` the same way either way.
 """
 
 from __future__ import annotations

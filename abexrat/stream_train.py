@@ -16,15 +16,16 @@ rows would not fit in memory (:func:`abexrat.data.fits_in_memory`), or with ``--
    file (path, size, mtime), the columns, the split settings and the encoder; they are written in a
    temporary folder and renamed when complete, so a rerun encodes nothing and a killed run leaves
    no half-written features.
-3. **Train and score.** :func:`abexrat.train.fit` trains on the memory-mapped training vectors, a
-   block of rows at a time; val and test are scored a chunk at a time into confusion matrices.
+3. **Train and score** as for a dataset in memory (:mod:`abexrat.experiment`):
+   :func:`abexrat.train.fit` reads the memory-mapped training vectors a block of rows at a time, and
+   val and test are scored a chunk at a time into confusion matrices.
 
-The run folder is an in-memory run's. Not streamed: synthetic pools (``data.aug_pool`` must be
+This is the streamed backend of :func:`abexrat.feature_source.make_features`. The run folder is an
+in-memory run's. Not streamed: synthetic pools (``data.aug_pool`` must be
 ``none``, or ``published``, of which a user's file has none) and the duplicate-id check.
 
-``abexrat study run`` streams such a file through :func:`stream_features` too: its
-:class:`~abexrat.features.Features` are memory-mapped, and pickle (``ray.put``) as the folder's
-name, so every trial maps the same files.
+In a study (``abexrat study run``) the :class:`~abexrat.features.Features` are memory-mapped the
+same way, and pickle (``ray.put``) as the folder's name, so every trial maps the same files.
 """
 
 from __future__ import annotations
@@ -256,18 +257,6 @@ def encode(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def confusion(model: Any, X: np.ndarray, y: np.ndarray, n_classes: int, chunk: int = 65536) -> np.ndarray:
-    """Per-seed confusion matrices (S, C, C), rows true, scoring X a chunk at a time."""
-    from abexrat.metrics import confusions
-    from abexrat.train import predict_proba
-
-    conf = np.zeros((model.n_seeds, n_classes, n_classes), np.int64)
-    for i in range(0, len(X), chunk):
-        pred = predict_proba(model, np.asarray(X[i : i + chunk])).argmax(-1)  # (S, n)
-        conf += confusions(y[i : i + chunk], pred, n_classes)
-    return conf
-
-
 def stream_features(cfg: TrainConfig, progress: Any = None) -> tuple[Features, Encoder, dict[str, Any]]:
     """Scan, fit the encoder and (unless the cache has them) encode ``cfg``'s data file; Ray must be
     up. Returns the memory-mapped features, the fitted encoder and what the streaming found."""
@@ -310,34 +299,3 @@ def stream_features(cfg: TrainConfig, progress: Any = None) -> tuple[Features, E
     feats = Features(classes, X, y, *empty, [], Xv, yv, Xt, yt, enc.key, stats, memmap_dir=str(folder))
     info = {"rows": {s: dict(counts[s]) for s in SPLITS}, "fit_sample": len(sample), "features": str(folder)}
     return feats, enc, info
-
-
-def run_streamed(cfg: TrainConfig, out: Path, progress: Any = None) -> dict[str, Any]:
-    """``abexrat train`` on a file larger than memory (see the module docstring). Returns metrics.json."""
-    from abexrat.core.ray_session import connect
-    from abexrat.metrics import score_confusion
-    from abexrat.run_folder import run_metrics, save_run
-    from abexrat.train import fit
-
-    t0 = time.perf_counter()
-    check_streamable(Path(cfg.data.dataset))  # before Ray starts
-    started = connect(None)
-    try:
-        feats, enc, info = stream_features(cfg, progress)
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-    classes, seeds = feats.classes, cfg.seed_list()
-    tick = progress.task(f"training {len(seeds)} seed(s)", cfg.train.epochs) if progress else None
-    X, y = feats.X_train, feats.y_train
-    val = (feats.X_val, feats.y_val)
-    result = fit(X, y, len(classes), cfg, seeds, val=val, on_epoch=(lambda e, r: tick(1)) if tick else None)
-    scores = {
-        s: score_confusion(confusion(result.model, Xs, ys, len(classes)), classes)
-        for s, Xs, ys in (("val", *val), ("test", feats.X_test, feats.y_test))
-    }
-    metrics = run_metrics(cfg, feats, result, scores, len(y), t0, streamed=info)
-    save_run(out, cfg, enc, classes, result, metrics)
-    return metrics

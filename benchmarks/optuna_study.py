@@ -66,7 +66,8 @@ def run_optuna(study: Any, n_jobs: int, timeout_s: float | None = None, trials: 
         result, scores = train_and_score(feats, cfg, seeds, with_test=False)
         value = float(scores["val"]["macro_f1"]["mean"])
         with lock:
-            done.append({"end_s": time.perf_counter() - t0, "train_s": result.train_s, "value": value})
+            end_s, rows = time.perf_counter() - t0, scores["train_size"]
+            done.append({"end_s": end_s, "train_s": result.train_s, "value": value, "rows": rows})
         return value
 
     ostudy.optimize(objective, n_trials=trials, timeout=timeout_s, n_jobs=n_jobs, gc_after_trial=False)
@@ -83,5 +84,6 @@ def run_optuna(study: Any, n_jobs: int, timeout_s: float | None = None, trials: 
         "trials_per_hour": len(counted) / wall * 3600 if wall > 0 else None,
         "sum_train_s": sum(d["train_s"] for d in counted),
         "study_overhead_fraction": 1 - sum(d["train_s"] for d in counted) / (wall * n_jobs) if wall > 0 else None,
+        "mean_train_rows": sum(d["rows"] for d in counted) / max(1, len(counted)),
         "best_val_macro_f1": max((d["value"] for d in counted), default=None),
     }

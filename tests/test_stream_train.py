@@ -208,6 +208,12 @@ baselines:
     assert s["test"]["macro_f1"]["mean"] > 0.7 and len(s["test"]["macro_f1"]["per_seed"]) == 2
     assert s["test_labels"] is None and s["test_pred"] is None  # too many to keep for a large file
     assert (tmp_path / "out" / "report" / "index.html").is_file()
+    # The best model is a run folder like any study's: it scores the file (streamed again).
+    assert s["best_run"] == "best"
+    p = cli("evaluate", tmp_path / "out" / "best", data, "--json", tmp_path / "scored.json")
+    assert p.code == 0, p.stderr
+    scored = json.loads((tmp_path / "scored.json").read_text())
+    assert scored["n"] == len(rows) and scored["macro_f1"] > 0.7 and scored["seeds"] == [0, 1]
 
     # Searching what the encoding fixed cannot work: one line, exit 2, nothing written.
     r = cli(

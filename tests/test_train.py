@@ -154,6 +154,26 @@ def test_blocks_and_memory_maps_train_exactly_like_one_array(tmp_path, monkeypat
     assert blocked.history == whole.history
 
 
+def test_a_split_scores_the_same_whole_or_a_chunk_at_a_time_from_memory_or_disk(tmp_path) -> None:  # noqa: ANN001
+    """Scoring is one path: chunks of a memory-mapped split add up to the scores of the split held
+    whole, and the kept predictions are predict_proba's."""
+    from abexrat.experiment import predict_split
+    from abexrat.metrics import score_confusion
+
+    X, y = _data(n=301, seed=1)
+    model = fit(X, y, 4, CFG, seeds=[0, 1]).model
+    whole = predict_proba(model, X).argmax(-1)  # (2, 301)
+    conf, pred = predict_split(model, X, y, 4, keep=True)
+    np.testing.assert_array_equal(pred, whole)
+    assert score_confusion(conf, list("abcd")) == score(y, whole, list("abcd"))
+    X.tofile(tmp_path / "x.f32")
+    mapped = np.memmap(tmp_path / "x.f32", np.float32, mode="c", shape=X.shape)  # as feature files open
+    conf_chunks, none = predict_split(model, mapped, y, 4, keep=False, chunk=64)  # 4 full chunks and 45 rows
+    assert none is None
+    np.testing.assert_array_equal(conf_chunks, conf)
+    assert conf.sum() == 2 * 301 and np.trace(conf[0]) > 0.9 * 301
+
+
 def test_precision_bf16_trains_with_bf16_products_and_still_learns() -> None:
     from abexrat.train import use_bf16
 

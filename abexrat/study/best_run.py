@@ -18,25 +18,21 @@ def take_model(best_sink: Any) -> tuple[dict[str, bytes], dict[str, Any]] | None
 def write_best_run(
     out: Path,
     best_cfg: Any,
-    ds: Any,
     encoder: Any,
     model: tuple[dict[str, bytes], dict[str, Any]] | None,
     chosen: str | None = None,
 ) -> str | None:
     """``out/best``: the final round's best model as an ``abexrat train`` run folder (predict and
-    evaluate read it), written whole or not at all. The study's own encoder is the model's: no
-    trial may change an encoder key (``load_study``). None when the model did not come back (the
-    final round was resumed after the best arm had finished, or the sink's node died): then
-    ``abexrat train out/best.yaml`` trains it."""
+    evaluate read it), written whole or not at all. ``encoder``: the study's, as fitted for the
+    shared features, is the model's (no trial may change an encoder key: ``load_study``). None when
+    the model did not come back (the final round was resumed after the best arm had finished, or the
+    sink's node died): then ``abexrat train out/best.yaml`` trains it."""
     import shutil
 
-    from abexrat.embed import EmbeddingCache, fit_encoder
-    from abexrat.features import fit_texts
     from abexrat.run_folder import write_run
 
     if model is None:
         return None
-    fit_encoder(encoder, fit_texts(ds, encoder), EmbeddingCache())  # its fitted state, from the cache
     partial = out / ".best.partial"
     shutil.rmtree(partial, ignore_errors=True)
     write_run(partial, best_cfg, encoder, *model, chosen=chosen)

@@ -100,16 +100,12 @@ def _encode(study: Study, inputs: Inputs) -> tuple[Any, Any]:
     import ray
 
     from abexrat.embed import EmbeddingCache
-    from abexrat.features import featurize
-    from abexrat.stream_train import stream_features
+    from abexrat.feature_source import make_features
 
-    base, ds, encoder = inputs.base, inputs.ds, inputs.encoder
+    base, ds = inputs.base, inputs.ds
     short = _trains_short_copies(study)
-    feats = stream_features(base)[0] if inputs.streamed else featurize(ds, encoder, EmbeddingCache(), short=short)
-    if not inputs.streamed and base.robustness.enabled:  # natural perturbations: encoded once, for every trial
-        from abexrat.perturb import dataset_vectors
-
-        feats.perturbed = dataset_vectors(ds, encoder, base.robustness, EmbeddingCache())
+    made = make_features(base, untitled=True, short=short, dataset=ds, encoder=inputs.encoder)
+    feats, inputs.encoder = made.feats, made.encoder
     cv_ref = None
     if study.cv is not None:  # every fold's features, each with its own fitted encoder
         from abexrat.cv import cv_featurize
@@ -268,15 +264,13 @@ def _write_best(
     n_trials: int,
     best_sink: Any,
 ) -> tuple[TrainConfig, str | None]:
-    """best.yaml and, for a dataset held in memory, the best model's run folder (``best``)."""
+    """best.yaml and the best model's run folder (``best``)."""
     import yaml
 
     best_cfg = study.train_config(study.final.arm(best_overrides))  # as the final round trained it
     write_text(out / "best.yaml", yaml.safe_dump(best_cfg.model_dump(mode="json"), sort_keys=False))
-    if inputs.streamed:
-        return best_cfg, None
     chosen = study_provenance(study, float(best_r.metrics[study.objective.metric]), n_trials)
-    return best_cfg, write_best_run(out, best_cfg, inputs.ds, inputs.encoder, take_model(best_sink), chosen)
+    return best_cfg, write_best_run(out, best_cfg, inputs.encoder, take_model(best_sink), chosen)
 
 
 def _publish(study: Study, out: Path, summary: dict[str, Any], o: Outcome, report: bool) -> None:
