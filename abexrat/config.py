@@ -26,7 +26,9 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DataConfig(Strict):
+class DataSource(Strict):
+    """Which reports, read how, split how: what a train config's and an augment config's ``data`` share."""
+
     dataset: str = Field(
         "osha", description="'osha' (the paper's splits), a file, or a folder with train/val/test files"
     )
@@ -38,6 +40,9 @@ class DataConfig(Strict):
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     split_seed: int = Field(0, ge=0, le=MAX_SEED)
+
+
+class DataConfig(DataSource):
     aug_pool: str = Field(
         "published",
         description="'published' (train_aug.json's synthetic rows), 'none', or a pool folder / Parquet file",
@@ -52,6 +57,18 @@ class DataConfig(Strict):
         description="also train on each training original cut to its narrative's first sentence, untitled"
         " (short one-line reports)",
     )
+
+
+def one_of(value: str, module: str, registry: str, what: str) -> str:
+    """``value`` if the registry ``module.registry`` names it, else the ValueError a validator
+    raises. The registry's module is imported only when a config is checked: configs load without
+    torch."""
+    import importlib
+
+    names = getattr(importlib.import_module(module), registry)
+    if value not in names:
+        raise ValueError(f"unknown {what} {value!r} (known: {', '.join(names)})")
+    return value
 
 
 def check_encoder_options(name: str, options: dict[str, Any]) -> None:
@@ -202,11 +219,7 @@ class AdversarialConfig(Strict):
     @field_validator("method")
     @classmethod
     def _known(cls, v: str) -> str:
-        from abexrat.adversarial import METHODS
-
-        if v not in METHODS:
-            raise ValueError(f"unknown method {v!r} (known: {', '.join(METHODS)})")
-        return v
+        return one_of(v, "abexrat.adversarial", "METHODS", "method")
 
 
 class RobustnessConfig(Strict):

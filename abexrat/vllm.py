@@ -67,31 +67,16 @@ def _from_output(row: dict[str, Any]) -> dict[str, Any]:
     return {"idx": row["idx"], "embedding": np.asarray(row["embeddings"], np.float32)}
 
 
-def build_embed_processor(
-    model: str,
-    *,
-    concurrency: int = 1,
-    batch_size: int = 64,
-    tensor_parallel_size: int = 1,
-    max_model_len: int | None = None,
-    engine_kwargs: dict | None = None,
-) -> Any:
-    """A Ray Data LLM processor: rows ``{"idx", "text"}`` -> rows ``{"idx", "embedding"}``."""
+def build_embed_processor(model: str, **options: Any) -> Any:
+    """A Ray Data LLM processor: rows ``{"idx", "text"}`` -> rows ``{"idx", "embedding"}``;
+    ``options``: :func:`vllm_embed_config`'s."""
     try:
         from ray.data.llm import build_processor, vLLMEngineProcessorConfig
     except ImportError:
         raise _gpu_extra_error(model) from None
-    config = vLLMEngineProcessorConfig(
-        **vllm_embed_config(
-            model,
-            concurrency=concurrency,
-            batch_size=batch_size,
-            tensor_parallel_size=tensor_parallel_size,
-            max_model_len=max_model_len,
-            engine_kwargs=engine_kwargs,
-        )
-    )
-    return build_processor(config, preprocess=partial(_to_request, max_length=max_model_len), postprocess=_from_output)
+    config = vLLMEngineProcessorConfig(**vllm_embed_config(model, **options))
+    max_length = options.get("max_model_len")
+    return build_processor(config, preprocess=partial(_to_request, max_length=max_length), postprocess=_from_output)
 
 
 @dataclass

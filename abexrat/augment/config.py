@@ -12,22 +12,12 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from abexrat.config import DataConfig, Strict, apply_overrides, validate
+from abexrat.config import DataConfig, DataSource, Strict, apply_overrides, one_of, validate
 from abexrat.core.safe_yaml import load_yaml
 
 
-class AugmentData(Strict):
+class AugmentData(DataSource):
     """The dataset whose training originals are augmented (same meaning as a train config's ``data``)."""
-
-    dataset: str = "osha"
-    data_dir: str | None = None
-    text_column: str | None = None
-    label_column: str = "gold"
-    title_column: str = "title"
-    summary_column: str = "summary"
-    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
-    test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
-    split_seed: int = Field(0, ge=0)
 
     def as_data_config(self, where: str = "config") -> DataConfig:
         """The train-config form of this section (no pool: the originals alone are what ABEX rewrites).
@@ -98,11 +88,7 @@ class StepConfig(Strict):
     @field_validator("engine")
     @classmethod
     def _known(cls, v: str) -> str:
-        from abexrat.augment.engines import ENGINES
-
-        if v not in ENGINES:
-            raise ValueError(f"unknown engine {v!r} (known: {', '.join(ENGINES)})")
-        return v
+        return one_of(v, "abexrat.augment.engines", "ENGINES", "engine")
 
 
 class ExpandConfig(StepConfig):
