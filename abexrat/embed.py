@@ -204,6 +204,8 @@ def _embed_plain(
         found = cache.lookup(leaf.key, digests)
         missing = sorted({d: i for i, d in enumerate(digests) if d not in found}.values())
         stats.cached += len(texts) - len(missing)
+        if progress and len(texts) > len(missing):  # found in the cache, or a repeat of another text
+            progress(len(texts) - len(missing))
         if missing:
             t0 = time.perf_counter()
             for start in range(0, len(missing), ENCODE_CHUNK):

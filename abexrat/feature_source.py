@@ -73,7 +73,7 @@ def _in_memory(
     if cfg.robustness.enabled:  # natural perturbations: encoded once, for every seed or trial
         from abexrat.perturb import dataset_vectors
 
-        feats.perturbed = dataset_vectors(ds, enc, cfg.robustness, cache)
+        feats.perturbed = dataset_vectors(ds, enc, cfg.robustness, cache, progress)
     return Made(feats, enc, dataset=ds)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -101,11 +101,14 @@ def perturbed_vectors(
     cfg: RobustnessConfig,
     fit_texts: list[str] | None = None,
     cache: EmbeddingCache | None = None,
+    progress: Any = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per split (``texts``: split -> its reports), per perturbation, the perturbed reports' vectors,
     (n, dim) float32, encoded in one call (cached as any text); plus per split under ``"_changed"``
-    the share of reports each perturbation changed (as a 1-d array in :data:`PERTURBATIONS` order)."""
+    the share of reports each perturbation changed (as a 1-d array in :data:`PERTURBATIONS` order).
+    ``progress`` (a console ``Progress``) draws the encoding bar."""
     from abexrat.embed import embed_texts
+    from abexrat.encoders import leaves
 
     if not cfg.enabled or not cfg.natural:
         return {}
@@ -114,7 +117,8 @@ def perturbed_vectors(
         for name, changed in perturbed_texts(originals, cfg).items():
             parts.append((split, name, originals, changed))
     flat = [t for _, _, _, changed in parts for t in changed]
-    X = embed_texts(enc, flat, fit_texts=fit_texts, cache=cache) if flat else np.zeros((0, 0), np.float32)
+    bar = progress.task("encoding perturbed reports", len(flat) * len(leaves(enc))) if progress and flat else None
+    X = embed_texts(enc, flat, fit_texts=fit_texts, cache=cache, progress=bar) if flat else np.zeros((0, 0), np.float32)
     out: dict[str, dict[str, np.ndarray]] = {split: {} for split in texts}
     start = 0
     for split, name, originals, changed in parts:
@@ -126,9 +130,10 @@ def perturbed_vectors(
 
 
 def dataset_vectors(
-    ds: Dataset, enc: Encoder, cfg: RobustnessConfig, cache: EmbeddingCache | None = None
+    ds: Dataset, enc: Encoder, cfg: RobustnessConfig, cache: EmbeddingCache | None = None, progress: Any = None
 ) -> dict[str, dict[str, np.ndarray]]:
     """:func:`perturbed_vectors` of a dataset's val and test reports (the encoder fitted as for training)."""
     from abexrat.features import fit_texts
 
-    return perturbed_vectors({"val": ds.val.texts, "test": ds.test.texts}, enc, cfg, fit_texts(ds, enc), cache)
+    texts = {"val": ds.val.texts, "test": ds.test.texts}
+    return perturbed_vectors(texts, enc, cfg, fit_texts(ds, enc), cache, progress)

@@ -87,6 +87,11 @@ def test_cache_second_run_encodes_nothing(tmp_path: Path) -> None:
     third = EmbedStats()
     embed_texts(make_encoder("hybrid", tfidf_dim=4, tfidf_min_df=1), [*TEXTS, "a new report"], TEXTS, cache, third)
     assert third.encoded == 2 and third.cached == 12
+    # the progress bar counts every text of every part, encoded, cached or repeated: it ends full
+    ticks: list[int] = []
+    texts = [*TEXTS, "a new report", "another new one", "another new one"]
+    embed_texts(make_encoder("hybrid", tfidf_dim=4, tfidf_min_df=1), texts, TEXTS, cache, progress=ticks.append)
+    assert sum(ticks) == 2 * len(texts) == 18
 
 
 def test_the_encoder_contract_fit_returns_self_and_the_fitted_state_comes_back_from_the_cache(

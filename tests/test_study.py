@@ -65,7 +65,7 @@ space:
   model.hidden: {type: categorical, choices: [[16], [32]]}
 budget: {num_samples: 6}
 seeds_per_trial: 2
-final: {seeds: 3, overrides: {model.ensemble: 2, train.epochs: 3}}
+final: {seeds: 3, overrides: {model.ensemble: 2, train.epochs: 3}, cpu: 0.5}
 baselines:
   no_adversarial: {adversarial.method: none}
 """,
@@ -86,6 +86,19 @@ def test_search_summary_has_the_contracted_keys(search: tuple[Path, dict]) -> No
         assert set(s["test"][key]) >= {"mean", "std", "per_seed"} and len(s["test"][key]["per_seed"]) == 3
     assert set(s["baselines"]) == {"no_adversarial"}
     assert len(s["baselines"]["no_adversarial"]["test"]["macro_f1"]["per_seed"]) == 3
+    # final.cpu: the final round's arms take half a CPU each, so 4 fit where 2 search trials do
+    assert s["resources"]["cpu_per_trial"] == 1.0 and s["resources"]["cpu_per_final_arm"] == 0.5
+
+
+def test_final_cpu_packs_more_final_arms_at_once(local_ray) -> None:  # noqa: ANN001
+    from abexrat.study.config import Study
+    from abexrat.study.stages import max_concurrent
+
+    space = {"adversarial.p": {"type": "float", "low": 0.0, "high": 1.0}}
+    study = Study.model_validate({"name": "x", "space": space, "final": {"cpu": 0.5}})
+    assert max_concurrent(study) == 2 and max_concurrent(study, study.final.cpu) == 4
+    capped = study.model_copy(update={"budget": study.budget.model_copy(update={"max_concurrent": 3})})
+    assert max_concurrent(capped, 0.5) == 3
 
 
 def test_trial_table_matches_the_summary(search: tuple[Path, dict]) -> None:

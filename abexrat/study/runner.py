@@ -99,12 +99,14 @@ def _encode(study: Study, inputs: Inputs) -> tuple[Any, Any]:
     """The features every trial shares and, with ``cv``, every fold's (an object ref), encoded once."""
     import ray
 
+    from abexrat.console import progress
     from abexrat.embed import EmbeddingCache
     from abexrat.feature_source import make_features
 
     base, ds = inputs.base, inputs.ds
     short = _trains_short_copies(study)
-    made = make_features(base, untitled=True, short=short, dataset=ds, encoder=inputs.encoder)
+    with progress() as bars:  # encoding a transformer is minutes of a study's start
+        made = make_features(base, bars, untitled=True, short=short, dataset=ds, encoder=inputs.encoder)
     feats, inputs.encoder = made.feats, made.encoder
     cv_ref = None
     if study.cv is not None:  # every fold's features, each with its own fitted encoder

@@ -34,13 +34,16 @@ def _trainable(
     timed: bool,
     cv: Any = None,
     best_sink: Any = None,
+    cpu: float | None = None,
 ) -> Any:
-    """The trial function with its data; ``timed``: the time limit applies (the search stage only)."""
+    """The trial function with its data; ``timed``: the time limit applies (the search stage only);
+    ``cpu``: CPUs per trial, if not ``resources.cpu``."""
     from ray import tune
 
     from abexrat.study.trial import run_trial
 
-    threads = max(1, int(study.resources.cpu))
+    cpu = cpu or study.resources.cpu
+    threads = max(1, int(cpu))
     limits = {
         "trial_time_s": study.limits.trial_time_s if timed else None,
         "trial_memory_gb": study.limits.trial_memory_gb,
@@ -57,7 +60,7 @@ def _trainable(
         cv=cv,
         best_sink=best_sink,
     )
-    res = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
+    res = {"cpu": cpu, "gpu": study.resources.gpu}
     if study.limits.trial_memory_gb:  # Ray places a trial only where this much memory is free
         res["memory"] = int(study.limits.trial_memory_gb * 2**30)
     return tune.with_resources(fn, res)
@@ -84,9 +87,11 @@ def check_resources_fit(study: Study) -> None:
         )
 
 
-def max_concurrent(study: Study) -> int:
+def max_concurrent(study: Study, cpu: float | None = None) -> int:
+    """Trials at once: as many as the cluster's CPUs (and GPUs) hold, at ``cpu`` (default
+    ``resources.cpu``) each, at most ``budget.max_concurrent``."""
     cpus, gpus = cluster_resources()
-    n = math.floor(cpus / study.resources.cpu)
+    n = math.floor(cpus / (cpu or study.resources.cpu) + 1e-9)
     if study.resources.gpu:
         n = min(n, math.floor(gpus / study.resources.gpu))
     return max(1, min(n, study.budget.max_concurrent or n))
@@ -260,7 +265,8 @@ def run_final(
     arms = {name: study.final.arm(over) for name, over in named.items()}
     seeds = list(range(study.seed, study.seed + study.final.seeds))
     callbacks = stage_callbacks(len(arms), "final", study, FINAL, out, tracking_mode, arms)
-    trainable = _trainable(study, feats, arms, seeds, with_test=True, timed=False, cv=cv, best_sink=best_sink)
+    cpu = study.final.cpu
+    trainable = _trainable(study, feats, arms, seeds, with_test=True, timed=False, cv=cv, best_sink=best_sink, cpu=cpu)
     path = out / FINAL
     if resume and tune.Tuner.can_restore(str(path.resolve())):
         tuner = tune.Tuner.restore(
@@ -271,7 +277,9 @@ def run_final(
         tuner = tune.Tuner(
             trainable,
             param_space={"arm": tune.grid_search(list(arms))},
-            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=max_concurrent(study), reuse_actors=True),
+            tune_config=tune.TuneConfig(
+                num_samples=1, max_concurrent_trials=max_concurrent(study, cpu), reuse_actors=True
+            ),
             run_config=_run_config(study, FINAL, out, callbacks),
         )
     return fit_with_reruns(tuner, path, trainable, callbacks)

@@ -76,6 +76,7 @@ def _tracking(out: Path, o: Outcome) -> dict[str, Any]:
 def _resources(study: Study) -> dict[str, Any]:
     return {
         "cpu_per_trial": study.resources.cpu,
+        "cpu_per_final_arm": study.final.cpu or study.resources.cpu,
         "gpu_per_trial": study.resources.gpu,
         "cluster_cpus": cluster_resources()[0],
         "cluster_gpus": cluster_resources()[1],
