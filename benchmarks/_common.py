@@ -229,3 +229,17 @@ class Stopwatch:
     def __exit__(self, *exc: Any) -> None:
         self.wall = time.perf_counter() - self.t0
         self.cpu = time.process_time() - self.c0
+
+
+def configs_digest(configs: list[dict[str, Any]]) -> str:
+    """A digest of the set of configurations trained (values to 6 significant digits): two searches
+    with the same digest trained the same configurations, in whatever order."""
+    import hashlib
+    import json
+    import math
+
+    def values(c: dict[str, Any]) -> dict[str, float]:  # a table's empty cells (NaN) are no parameter
+        return {k: float(f"{float(v):.6g}") for k, v in sorted(c.items()) if v is not None and not math.isnan(float(v))}
+
+    rows = sorted(json.dumps(values(c)) for c in configs)
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]

@@ -52,7 +52,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, ProcessMemory, load_avg, machine, peak_rss_mb, setup_env, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    REPO,
+    ProcessMemory,
+    configs_digest,
+    load_avg,
+    machine,
+    peak_rss_mb,
+    setup_env,
+    write_json,
+)
 
 
 def make_study(
@@ -66,6 +75,7 @@ def make_study(
     gpu_share: float = 0.0,
     configs_per_trial: int = 1,
     trainer_overrides: dict[str, Any] | None = None,
+    sampler: str = "tpe",
 ) -> Any:
     """A study file like quickstart.yaml (same base, space, objective, resources, tracking on) with a
     smaller budget; written to ``folder`` and read back with ``load_study`` as the CLI would.
@@ -94,6 +104,7 @@ def make_study(
         "final": {"seeds": final_seeds},
         "baselines": {},
         "tracking": {"wandb": True, "project": "abexrat-bench", "mode": "offline"},
+        "optuna": {"sampler": sampler},
     }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -266,6 +277,9 @@ def run_ours(study: Any, out: Path) -> dict[str, Any]:
         "trials_per_hour": len(ok) / search_wall * 3600,
         # what the sampler chose to train: a search that samples larger aug_ratio trains longer trials
         "mean_train_rows": float(ok["train_size"].astype(float).mean()),
+        "configs_digest": configs_digest(
+            ok[[c for c in ok.columns if c.startswith("param:")]].rename(columns=lambda c: c[6:]).to_dict("records")
+        ),
         "best_val_macro_f1": float(ok["val_macro_f1"].astype(float).max()),
         "final_stage_s": f1 - f0,
         "ray_init_s": ray_init_s,
@@ -285,7 +299,7 @@ def _naive(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     import abexrat.study.runner as runner
     import abexrat.study.stages as stages
 
-    study = make_study("bench-naive", args.trials, args.epochs, args.seeds, root)
+    study = make_study("bench-naive", args.trials, args.epochs, args.seeds, root, sampler=args.sampler)
     runner.connect(None)  # the naive set-up: a plain ray.init
     try:
         conc = stages.max_concurrent(study)
@@ -305,7 +319,7 @@ def _optuna(args: argparse.Namespace, root: Path, budget_s: float | None) -> dic
     from _common import cores
     from optuna_study import run_optuna
 
-    study = make_study("bench-optuna", args.trials, args.epochs, args.seeds, root)
+    study = make_study("bench-optuna", args.trials, args.epochs, args.seeds, root, sampler=args.sampler)
     # as many at once as abexrat's study runs on this machine (a CPU per trial), without Ray
     n_jobs = max(1, min(int(cores() // study.resources.cpu), study.budget.max_concurrent or cores()))
     res = run_optuna(study, n_jobs, timeout_s=budget_s, trials=None if budget_s else args.trials)
@@ -343,6 +357,12 @@ def main() -> None:
         default="on",
         help="also run plain Optuna in one process (study.optimize(n_jobs=cores)) with the same budget",
     )
+    p.add_argument(
+        "--sampler",
+        choices=["tpe", "random", "qmc"],
+        default="tpe",
+        help="every search's Optuna sampler; random with --budget trials trains the same configurations in all",
+    )
     p.add_argument("--keep", type=Path, default=None, help="keep the study folders here")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -358,6 +378,7 @@ def main() -> None:
             "budget": args.budget,
             "gpu_share": args.gpu_share,
             "configs_per_trial": args.configs_per_trial,
+            "sampler": args.sampler,
         },
         "machine": machine(),
     }
@@ -383,6 +404,7 @@ def main() -> None:
                 time_budget_s=budget_s,
                 gpu_share=args.gpu_share,
                 configs_per_trial=args.configs_per_trial,
+                sampler=args.sampler,
             )
             res["abexrat"] = run_ours(study, root / "abexrat")
             # The naive set-up may run next in this process: give it Tune's stock trial actors back.

@@ -127,13 +127,13 @@ def run_naive(study: Any, out: Path, concurrent: int) -> dict[str, Any]:
     from ray.air.integrations.wandb import WandbLoggerCallback
     from ray.tune.search.optuna import OptunaSearch
 
+    from abexrat.study.samplers import make_sampler
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # The trial workers cannot import this script: ship the trainable by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[naive_trainable.__module__])
     seeds = list(range(study.seed, study.seed + study.seeds_per_trial))
-    sampler = optuna.samplers.TPESampler(
-        seed=study.seed, multivariate=True, n_startup_trials=max(3, min(10, study.budget.num_samples // 3))
-    )
+    sampler = make_sampler(study.optuna.sampler, study.seed, study.budget.num_samples)
     searcher = OptunaSearch(
         space=optuna_space({k: p.model_dump() for k, p in study.space.items()}),
         metric=study.objective.metric,

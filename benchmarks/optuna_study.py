@@ -34,12 +34,14 @@ def run_optuna(study: Any, n_jobs: int, timeout_s: float | None = None, trials: 
     """Search ``study``'s space with ``study.optimize(n_jobs=...)``; trials/h over the search wall time."""
     import optuna
     import torch
+    from _common import configs_digest
     from naive_study import optuna_space
 
     from abexrat.datasets import load_dataset
     from abexrat.embed import EmbeddingCache
     from abexrat.experiment import train_and_score
     from abexrat.features import build_encoder, featurize
+    from abexrat.study.samplers import make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # One intra-op thread: the n_jobs Python threads are the parallelism, as a study's trials are.
@@ -50,16 +52,21 @@ def run_optuna(study: Any, n_jobs: int, timeout_s: float | None = None, trials: 
     setup_s = time.perf_counter() - t_setup
     seeds = list(range(study.seed, study.seed + study.seeds_per_trial))
     space = optuna_space({k: p.model_dump() for k, p in study.space.items()})
-    sampler = optuna.samplers.TPESampler(
-        seed=study.seed, multivariate=True, n_startup_trials=max(3, min(10, study.budget.num_samples // 3))
-    )
+    sampler = make_sampler(study.optuna.sampler, study.seed, study.budget.num_samples)
     ostudy = optuna.create_study(direction="maximize" if study.objective.mode == "max" else "minimize", sampler=sampler)
+    if study.optuna.sampler == "random":
+        # optimize(n_jobs > 1) reseeds the sampler in every thread: the seeded draws are queued
+        # first instead, the very configurations abexrat's search asks its seeded sampler for.
+        draws = optuna.create_study(sampler=make_sampler("random", study.seed, 0))
+        for _ in range(trials if trials is not None else 1000):
+            ostudy.enqueue_trial(draws.ask(fixed_distributions=space).params)
     lock = threading.Lock()
     done: list[dict[str, Any]] = []
     t0 = time.perf_counter()
 
     def objective(trial: optuna.Trial) -> float:
-        params = {k: suggest(trial, k, dist) for k, dist in space.items()}
+        with lock:  # a trial's draws in one piece, as Tune's OptunaSearch asks for them
+            params = {k: suggest(trial, k, dist) for k, dist in space.items()}
         cfg = study.train_config(params)
         cfg.train.device = "cpu"
         cfg.robustness.enabled = False  # a search trial scores validation only
@@ -67,7 +74,7 @@ def run_optuna(study: Any, n_jobs: int, timeout_s: float | None = None, trials: 
         value = float(scores["val"]["macro_f1"]["mean"])
         with lock:
             end_s, rows = time.perf_counter() - t0, scores["train_size"]
-            done.append({"end_s": end_s, "train_s": result.train_s, "value": value, "rows": rows})
+            done.append({"end_s": end_s, "train_s": result.train_s, "value": value, "rows": rows, "params": params})
         return value
 
     ostudy.optimize(objective, n_trials=trials, timeout=timeout_s, n_jobs=n_jobs, gc_after_trial=False)
@@ -85,5 +92,6 @@ def run_optuna(study: Any, n_jobs: int, timeout_s: float | None = None, trials: 
         "sum_train_s": sum(d["train_s"] for d in counted),
         "study_overhead_fraction": 1 - sum(d["train_s"] for d in counted) / (wall * n_jobs) if wall > 0 else None,
         "mean_train_rows": sum(d["rows"] for d in counted) / max(1, len(counted)),
+        "configs_digest": configs_digest([d["params"] for d in counted]),
         "best_val_macro_f1": max((d["value"] for d in counted), default=None),
     }

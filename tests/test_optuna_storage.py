@@ -69,3 +69,32 @@ def test_a_database_password_is_never_recorded() -> None:
     assert public_url("postgresql://bob:s3cret@db.example/optuna") == "postgresql://bob:***@db.example/optuna"
     assert public_url("sqlite:////tmp/studies.db") == "sqlite:////tmp/studies.db"
     assert public_url("/runs/x/optuna.journal") == "/runs/x/optuna.journal"
+
+
+def test_samplers_by_name_and_random_draws_depend_on_the_seed_alone() -> None:
+    """``optuna.sampler``: each name builds its Optuna sampler; random draws are the same whether a
+    search asks for a whole configuration (Tune's OptunaSearch) or suggests key by key (a plain
+    Optuna objective), so two searches with one seed train the same configurations."""
+    import optuna
+
+    from abexrat.study.config import Study
+    from abexrat.study.samplers import SAMPLERS, make_sampler
+
+    kinds = {name: type(make_sampler(name, 0, 20)).__name__ for name in SAMPLERS}
+    assert kinds == {"tpe": "TPESampler", "random": "RandomSampler", "qmc": "QMCSampler"}
+    space = {
+        "adversarial.eps": optuna.distributions.FloatDistribution(0.01, 2.0, log=True),
+        "adversarial.p": optuna.distributions.FloatDistribution(0.0, 1.0),
+    }
+    whole = optuna.create_study(sampler=make_sampler("random", 7, 5))
+    asked = [whole.ask(fixed_distributions=space).params for _ in range(5)]
+    by_key = optuna.create_study(sampler=make_sampler("random", 7, 5))
+    suggested = []
+    for _ in range(5):
+        t = by_key.ask()
+        suggested.append({k: t.suggest_float(k, d.low, d.high, log=d.log) for k, d in space.items()})
+    assert asked == suggested and len({a["adversarial.p"] for a in asked}) == 5
+    study = Study.model_validate({"name": "s", "space": {"adversarial.p": {"type": "float", "low": 0, "high": 1}}})
+    assert study.optuna.sampler == "tpe"
+    with pytest.raises(ValueError, match="sampler"):
+        Study.model_validate({"name": "s", "space": {}, "optuna": {"sampler": "grid"}})

@@ -146,11 +146,13 @@ class OptunaStorage(Strict):
 
     ``storage``: an RDB URL (``sqlite:///studies.db``, ``postgresql://user@host/db``, ``mysql://...``)
     or a journal file path; by default ``optuna.journal`` in the study folder. ``study_name``: the
-    Optuna study's name (default: the study's ``name``).
+    Optuna study's name (default: the study's ``name``). ``sampler``: how the search draws its
+    configurations (:mod:`abexrat.study.samplers`).
     """
 
     storage: str | None = Field(None, min_length=1, max_length=4096)
     study_name: str | None = Field(None, min_length=1, max_length=512)
+    sampler: Literal["tpe", "random", "qmc"] = "tpe"
 
 
 class Limits(Strict):

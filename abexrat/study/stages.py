@@ -151,11 +151,12 @@ class SearchPlan:
 
 
 def _search_plan(study: Study, out: Path, resume: bool, tracking_mode: str, storage: Any) -> SearchPlan:
-    """An ablation: one Tune trial per arm, with the final round's seeds. A search: Optuna's TPE
-    (multi-objective over several objectives), in groups of ``budget.configs_per_trial``."""
-    import optuna
+    """An ablation: one Tune trial per arm, with the final round's seeds. A search: the study's
+    Optuna sampler (TPE by default, multi-objective over several objectives), in groups of
+    ``budget.configs_per_trial``."""
     from ray import tune
 
+    from abexrat.study.samplers import make_sampler
     from abexrat.study.space import SearchSpace
     from abexrat.study.storage import TrackedOptunaSearch
 
@@ -164,9 +165,7 @@ def _search_plan(study: Study, out: Path, resume: bool, tracking_mode: str, stor
         seeds = list(range(study.seed, study.seed + study.final.seeds))
         return SearchPlan(arms, {"arm": tune.grid_search(list(arms))}, None, 1, len(arms), "ablation", seeds)
     seeds = list(range(study.seed, study.seed + study.seeds_per_trial))
-    sampler = optuna.samplers.TPESampler(
-        seed=study.seed, multivariate=True, n_startup_trials=max(3, min(10, study.budget.num_samples // 3))
-    )
+    sampler = make_sampler(study.optuna.sampler, study.seed, study.budget.num_samples)
     obj = study.objective
     search_alg: Any = TrackedOptunaSearch(  # several objectives: multi-objective TPE over all of them
         space=SearchSpace({k: p.model_dump() for k, p in study.space.items()}),
