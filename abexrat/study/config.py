@@ -179,13 +179,8 @@ class Final(Strict):
 
     seeds: int = Field(5, ge=1, le=100)
     overrides: dict[str, Any] = Field(default_factory=dict, max_length=100)
-    cpu: float | None = Field(
-        None,
-        gt=0,
-        le=256,
-        description="CPUs per final arm (default: resources.cpu); 0.5 trains the best and two baselines at "
-        "once on 2 CPUs, where whole CPUs would train two, then the third alone on one",
-    )
+    # 0.5 trains the best and two baselines at once on 2 CPUs (whole CPUs: two, then the third alone)
+    cpu: float | None = Field(None, gt=0, le=256, description="CPUs per final arm (default: resources.cpu)")
 
     def arm(self, overrides: dict[str, Any]) -> dict[str, Any]:
         """A final arm's overrides: ``overrides`` on top of the round's own."""

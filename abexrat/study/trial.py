@@ -208,23 +208,8 @@ def run_trial(
     limits = limits or {}
     memory_gb = limits.get("trial_memory_gb")
     guard = TrialGuard(limits.get("trial_time_s"), int(memory_gb * 2**30) if memory_gb else None)
-    done = 0
-
-    def on_epoch(epoch: int, rec: dict[str, list[float]]) -> None:
-        nonlocal done
-        done = epoch
-        guard.check()
-        if epoch < epochs:  # the last epoch is reported below with the final scores
-            report = {
-                "epoch": epoch,
-                "val_macro_f1": float(np.mean(rec["val_macro_f1"])),
-                "train_loss": float(np.mean(rec["train_loss"])),
-            }
-            # Tune wants every objective in every result; robustness is scored once, after the last epoch
-            report.update({m: math.nan for m in st.objective.metrics if m not in report})
-            with guard.quiet():
-                tune.report(report)
-
+    done = [0]  # epochs trained
+    on_epoch = _epoch_reporter(st, guard, epochs, done)
     if len(group) > 1:
         progress = [0]  # epochs done
         try:
@@ -246,13 +231,35 @@ def run_trial(
             if cv is not None:
                 scores["cv"] = cv_train_and_score(cv, cfg, seeds, on_epoch=lambda e, r: guard.check())[1]
     except TrialLimitExceeded:
-        _report_limit(st, guard, done, t0)
+        _report_limit(st, guard, done[0], t0)
         return
     final = _final_report(result, scores, seeds, epochs, with_test)
     if best_sink is not None and arm == "best":
         _send_best(best_sink, st, cfg, feats, result, scores, t0)
     final["trial_s"] = time.perf_counter() - t0
     tune.report({**final, **FINAL})
+
+
+def _epoch_reporter(st: Any, guard: TrialGuard, epochs: int, done: list[int]) -> Any:
+    """The trainer's per-epoch callback: checks the trial's limits, counts the epochs in ``done[0]``
+    and reports each but the last (reported with the final scores) to Tune."""
+    from ray import tune
+
+    def on_epoch(epoch: int, rec: dict[str, list[float]]) -> None:
+        done[0] = epoch
+        guard.check()
+        if epoch < epochs:
+            report = {
+                "epoch": epoch,
+                "val_macro_f1": float(np.mean(rec["val_macro_f1"])),
+                "train_loss": float(np.mean(rec["train_loss"])),
+            }
+            # Tune wants every objective in every result; robustness is scored once, after the last epoch
+            report.update({m: math.nan for m in st.objective.metrics if m not in report})
+            with guard.quiet():
+                tune.report(report)
+
+    return on_epoch
 
 
 def _trial_config(st: Any, overrides: dict[str, Any], with_test: bool) -> Any:
