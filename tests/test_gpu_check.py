@@ -78,12 +78,20 @@ def test_gpu_memory_poll_without_nvidia_smi(monkeypatch) -> None:  # noqa: ANN00
 
 
 def test_gpu_memory_poll_peak_above_base(monkeypatch) -> None:  # noqa: ANN001
+    import time
+
     import gpu_check
 
-    readings = iter([1000.0, 1500.0, 4000.0, 2500.0] + [2000.0] * 1000)
-    monkeypatch.setattr(gpu_check, "gpu_memory_used_mb", lambda: next(readings))
-    with gpu_check.GpuMemoryPoll(every_s=0.001) as mem:
-        import time
+    values = [1000.0, 1500.0, 4000.0, 2500.0] + [2000.0] * 100_000
+    taken = [0]
 
-        time.sleep(0.1)
-    assert mem.base == 1000.0 and mem.peak_mb == 3000.0
+    def reading() -> float:
+        taken[0] += 1
+        return values[taken[0] - 1]
+
+    monkeypatch.setattr(gpu_check, "gpu_memory_used_mb", reading)
+    with gpu_check.GpuMemoryPoll(every_s=0.001) as mem:
+        deadline = time.perf_counter() + 30  # a loaded machine may run the poll thread late
+        while taken[0] < 5 and time.perf_counter() < deadline:
+            time.sleep(0.01)
+    assert taken[0] >= 5 and mem.base == 1000.0 and mem.peak_mb == 3000.0
