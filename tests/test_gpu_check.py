@@ -49,7 +49,9 @@ def test_gpu_check_cpu_smoke_writes_sane_json(tmp_path: Path, tiny_dir: Path) ->
     enc = res["encode"]
     assert enc["texts"] == res["plan"]["texts"] and enc["tokens"] >= enc["texts"]
     assert enc["dim"] == shape["hidden"] and enc["vectors_finite_unit"] is True
-    assert math.isclose(enc["texts_per_s"], enc["texts"] / enc["seconds"], rel_tol=0.02)
+    # seconds are written to the millisecond: on a fast tiny run that alone moves the ratio by ~2%
+    lo, hi = enc["texts"] / (enc["seconds"] + 5e-4), enc["texts"] / max(enc["seconds"] - 5e-4, 1e-9)
+    assert 0.999 * lo <= enc["texts_per_s"] <= 1.001 * hi
 
     gen = res["generate"]
     plan = res["plan"]
