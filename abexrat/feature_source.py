@@ -29,7 +29,6 @@ class Made:
 
     feats: Any  # abexrat.features.Features
     encoder: Encoder
-    dataset: Dataset | None = None  # memory: the dataset read (a study's CV folds split it again)
     streamed: dict[str, Any] | None = None  # streamed: rows per split, the fit sample, the feature folder
 
 
@@ -74,7 +73,7 @@ def _in_memory(
         from abexrat.perturb import dataset_vectors
 
         feats.perturbed = dataset_vectors(ds, enc, cfg.robustness, cache, progress)
-    return Made(feats, enc, dataset=ds)
+    return Made(feats, enc)
 
 
 def _streamed(cfg: TrainConfig, progress: Any) -> Made:

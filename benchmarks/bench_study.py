@@ -328,6 +328,8 @@ def _optuna(args: argparse.Namespace, root: Path, budget_s: float | None) -> dic
 
 
 def main() -> None:
+    from abexrat.study.samplers import SAMPLERS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=10, help="search trials (configurations, num_samples)")
     p.add_argument(
@@ -359,7 +361,7 @@ def main() -> None:
     )
     p.add_argument(
         "--sampler",
-        choices=["tpe", "random", "qmc"],
+        choices=list(SAMPLERS),
         default="tpe",
         help="every search's Optuna sampler; random with --budget trials trains the same configurations in all",
     )

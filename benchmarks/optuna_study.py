@@ -65,8 +65,7 @@ def run_optuna(study: Any, n_jobs: int, timeout_s: float | None = None, trials: 
     t0 = time.perf_counter()
 
     def objective(trial: optuna.Trial) -> float:
-        with lock:  # a trial's draws in one piece, as Tune's OptunaSearch asks for them
-            params = {k: suggest(trial, k, dist) for k, dist in space.items()}
+        params = {k: suggest(trial, k, dist) for k, dist in space.items()}
         cfg = study.train_config(params)
         cfg.train.device = "cpu"
         cfg.robustness.enabled = False  # a search trial scores validation only
