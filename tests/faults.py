@@ -72,13 +72,20 @@ def trial_dirs(stage: Path) -> dict[str, Path]:
     return found
 
 
-def running_trials(stage: Path, min_epoch: int = 1, max_epoch: int = 10**9) -> list[tuple[str, int, int]]:
+def running_trials(
+    stage: Path, min_epoch: int = 1, max_epoch: int = 10**9, min_epochs_left: int = 0
+) -> list[tuple[str, int, int]]:
     """(trial id, pid, epoch) of each trial now in the middle of training: its last attempt reported
-    an epoch between ``min_epoch`` and ``max_epoch`` and not yet its final report."""
+    an epoch between ``min_epoch`` and ``max_epoch`` and not yet its final report, and has at least
+    ``min_epochs_left`` epochs to go by its config's ``train.epochs`` (a kill that must land
+    mid-attempt needs time to spare: a tiny trial trains an epoch in ~40 ms)."""
     found = []
     for trial_id, folder in trial_dirs(stage).items():
         runs = attempts(folder)
-        if runs and not runs[-1].finished and min_epoch <= runs[-1].epoch <= max_epoch:
+        if not runs or runs[-1].finished or not min_epoch <= runs[-1].epoch <= max_epoch:
+            continue
+        epochs = int(runs[-1].reports[-1].get("config", {}).get("train.epochs", 0))
+        if not min_epochs_left or epochs - runs[-1].epoch >= min_epochs_left:
             found.append((trial_id, runs[-1].pid, runs[-1].epoch))
     return found
 

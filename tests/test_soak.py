@@ -1,13 +1,14 @@
 """Soak: ~100 tiny trials on a simulated 3-node cluster while worker nodes are killed at random.
 
 A head that runs no trial (the driver's node; it must live) + 2 workers with 1 CPU each, on this
-machine. Every ``KILL_EVERY_S`` seconds a background thread waits for a worker node hosting a running trial's
-actor (read from Ray's actor table; a node that hosts none yet is spared, since killing it could not
-show anything), SIGKILLs one such node at random and adds a fresh one. Afterwards, by counting
-(``tests/faults.py``): at least ``MIN_HITS`` trials were caught mid-attempt by a kill, each of them ran
-again and finished, every trial finished exactly once, each has one row in trials.parquet and one W&B
-run (offline). ``SOAK`` holds the figures (printed); how long the soak takes is the machine's
-business, not an assert.
+machine. Every ``KILL_EVERY_S`` seconds a background thread waits for a worker node hosting the actor
+of a running trial with at least ``EPOCHS_LEFT`` epochs to go (read from Ray's actor table and the
+trial's reports; a node that hosts none is spared, since killing it could not show anything),
+SIGKILLs one such node at random and adds a fresh one. Afterwards, by counting (``tests/faults.py``):
+at least ``MIN_HITS`` trials were caught mid-attempt by a kill, each of them ran again and finished,
+every trial finished exactly once, each has one row in trials.parquet and one W&B run (offline).
+``SOAK`` holds the figures (printed); how long the soak takes is the machine's business, not an
+assert.
 
 Bounded: ``ABEXRAT_SOAK_TRIALS`` (default 100), ``ABEXRAT_SOAK_KILL_EVERY_S`` (default 4: the least
 time between two kills) and ``ABEXRAT_SOAK_MIN_HITS`` (default 3).
@@ -43,6 +44,11 @@ from tests.test_study import study_file
 N_TRIALS = int(os.environ.get("ABEXRAT_SOAK_TRIALS", "100"))
 KILL_EVERY_S = float(os.environ.get("ABEXRAT_SOAK_KILL_EVERY_S", "4"))
 MIN_HITS = int(os.environ.get("ABEXRAT_SOAK_MIN_HITS", "3"))
+# A tiny trial trains an epoch in ~40 ms: a kill lands mid-attempt only if the poll → SIGKILL delay
+# (reading the reports and Ray's actor table, ~0.1-0.5 s) is shorter than what the trial has left, so
+# victims are long trials with EPOCHS_LEFT epochs (~1.6 s on an idle core) still to go.
+LONG_EPOCHS = 60
+EPOCHS_LEFT = 40
 SOAK: dict[str, Any] = {}
 
 
@@ -120,7 +126,7 @@ def test_soak_trials_survive_worker_nodes_killed_at_random(
 space:
   adversarial.eps: {{type: float, low: 0.01, high: 1.0, log: true}}
   adversarial.p: {{type: float, low: 0.0, high: 1.0}}
-  train.epochs: {{type: categorical, choices: [5, 10]}}
+  train.epochs: {{type: categorical, choices: [5, {LONG_EPOCHS}]}}
 budget: {{num_samples: {N_TRIALS}}}
 seeds_per_trial: 1
 final: {{seeds: 1}}
@@ -137,7 +143,8 @@ max_failures: 100
 
     def busy_workers() -> list[int]:
         """The worker nodes hosting the actor of a trial that is running now."""
-        pids = {pid for _, pid, _ in running_trials(out / "search")}
+        running = running_trials(out / "search", min_epochs_left=EPOCHS_LEFT)
+        pids = {pid for _, pid, _ in running}
         nodes = {a["Address"]["NodeID"] for a in live_actors() if a["Pid"] in pids and is_trial_actor(a)}
         return [i for i, w in enumerate(workers) if w.node_id in nodes] if pids else []
 
