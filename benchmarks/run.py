@@ -1,7 +1,7 @@
 """All the benchmarks, one JSON: study overhead, speedup over a naive set-up, trainer FLOP/s, embedding
 throughput, peak memory. Each benchmark runs in its own process (clean memory peaks, one Ray at a time).
 
-    .venv/bin/python benchmarks/run.py --quick --json out/bench.json     # under 10 minutes on 2 cores
+    .venv/bin/python benchmarks/run.py --quick --json out/bench.json     # 10-25 minutes on 2 cores
     .venv/bin/python benchmarks/run.py --json out/bench.json             # the quickstart's full budget
 
 Headline keys (the issue's targets in ``targets``):
@@ -82,7 +82,11 @@ def run_one(name: str, args: list[str], folder: Path) -> tuple[dict[str, Any], d
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="a smaller budget: under 10 minutes on 2 cores")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smaller budget: 10-25 minutes on 2 cores (the naive search's 16 trials set the study's wall time)",
+    )
     p.add_argument("--only", default="trainer,embed,transformer,study", help="benchmarks to run, comma-separated")
     p.add_argument("--json", default=None, help="write the results here (else print them)")
     args = p.parse_args()
