@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from abexrat.core.errors import UserError
-from abexrat.study.trial import TrialGuard, TrialLimitExceeded, private_memory
+from abexrat.study.guard import TrialGuard, TrialLimitExceeded, private_memory
 from tests.test_study import study_file
 
 # ---------------------------------------------------------------- the guard alone (no Ray)
