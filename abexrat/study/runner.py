@@ -13,6 +13,9 @@ Selection uses validation only; the test split is scored once, in the final roun
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,24 @@ from abexrat.study.trial import LIMIT_STATUS
 # What a trial's worker imports before it can train (~2 s of each slot on 2 cores). An embedded Ray
 # imports them in the workers it prestarts at start-up, while the driver loads and encodes the data.
 TRIAL_MODULES = ("torch", "ray.tune", "abexrat.study.trial")
+# What Tune imports in the driver as a search starts, before its first trial: its usage tags import
+# every logger integration (wandb's: ~0.7 s), its default loggers tensorboardX (~0.2-2 s). Imported
+# in a thread while the data is encoded, they no longer hold up the first trials.
+TUNE_LAZY_MODULES = ("ray.air.integrations.wandb", "tensorboardX")
+
+
+def _import_in_background(modules: tuple[str, ...]) -> threading.Thread:
+    """Import ``modules`` in a daemon thread (join it before the code that needs them); one that
+    fails to import is left to fail where it is used."""
+
+    def work() -> None:
+        for name in modules:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+
+    thread = threading.Thread(target=work, name="tune-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def _check_streamed_study(study: Study) -> None:
@@ -192,10 +213,12 @@ def run_study(
         storage = search_storage(study, out, out / SEARCH, resume) if study.kind == "search" else None
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "study.json", public_settings(study.model_dump(mode="json")))
+        imports = _import_in_background(TUNE_LAZY_MODULES)
         t_enc = time.perf_counter()
         feats, cv_ref = _encode(study, inputs)
         encode_s = time.perf_counter() - t_enc
         feats_ref = ray.put(feats)  # one copy in the object store, shared by every trial
+        imports.join()
         results, cbs, search_stage, search_df, early = _search(
             study, feats_ref, out, resume, tracking_mode, cv_ref, storage
         )
