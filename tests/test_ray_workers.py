@@ -70,3 +70,36 @@ def test_trials_run_in_prestarted_preloaded_workers(tmp_path) -> None:  # noqa: 
 )
 def test_which_addresses_start_a_local_ray(address: str, local: bool) -> None:
     assert _starts_local_ray(address) is local
+
+
+LAZY_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    from ray import tune
+    from abexrat.study.runner import TUNE_LAZY_MODULES, _import_in_background
+
+    def trial(config):
+        tune.report({"x": config["x"]})
+
+    before = {m: m in sys.modules for m in TUNE_LAZY_MODULES}
+    # a study always passes callbacks (progress, W&B): only then does Tune tag their kinds
+    run_config = tune.RunConfig(storage_path=os.environ["OUT"], verbose=0, callbacks=[tune.Callback()])
+    tune.Tuner(trial, param_space={"x": 1}, run_config=run_config).fit()
+    by_tune = {m: m in sys.modules for m in TUNE_LAZY_MODULES}
+    thread = _import_in_background(("json", "no_such_module_abexrat"))
+    thread.join(timeout=30)
+    print(json.dumps({"before": before, "by_tune": by_tune, "alive": thread.is_alive()}))
+    """
+)
+
+
+def test_the_modules_imported_ahead_are_those_tune_imports_before_a_search(tmp_path) -> None:  # noqa: ANN001
+    """``TUNE_LAZY_MODULES`` (imported in a thread while a study encodes its data) are modules that a
+    Tune run imports in the driver otherwise; one that cannot be imported does not break the thread."""
+    env = {**os.environ, "RAY_ADDRESS": "local", "OUT": str(tmp_path), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-c", LAZY_SCRIPT], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["before"] == {"ray.air.integrations.wandb": False, "tensorboardX": False}
+    assert out["by_tune"] == {"ray.air.integrations.wandb": True, "tensorboardX": True}
+    assert out["alive"] is False
