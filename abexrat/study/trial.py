@@ -79,12 +79,11 @@ def run_trial(
     done = [0]  # epochs trained
     on_epoch = _epoch_reporter(st, guard, epochs, done)
     if len(group) > 1:
-        progress = [0]  # epochs done
         try:
             with guard:
-                _run_group(st, group, arms, feats, seeds, guard, t0, progress, cfg.train.device)
+                _run_group(st, group, arms, feats, seeds, guard, t0, done, cfg.train.device)
         except TrialLimitExceeded:
-            _report_limit(st, guard, progress[0], t0)
+            _report_limit(st, guard, done[0], t0)
         return
 
     try:
@@ -228,7 +227,7 @@ def _run_group(
     seeds: list[int],
     guard: TrialGuard,
     t0: float,
-    progress: list[int],
+    done: list[int],
     device: str,
 ) -> None:
     """Several configurations that differ only in ε and p (``budget.configs_per_trial``), trained
@@ -253,7 +252,7 @@ def _run_group(
         return [float(np.mean(values[j * S : (j + 1) * S])) for j in range(G)]
 
     def on_epoch(epoch: int, rec: dict[str, list[float]]) -> None:
-        progress[0] = epoch
+        done[0] = epoch
         guard.check()
         if epoch < epochs:
             f1, loss = per_variant(rec["val_macro_f1"]), per_variant(rec["train_loss"])
