@@ -112,7 +112,7 @@ def embed(
     """Embed every split of the dataset into the cache (a rerun encodes nothing it has seen)."""
     from abexrat.config import load_train_config
     from abexrat.datasets import load_dataset
-    from abexrat.encoders import leaves
+    from abexrat.embed import progress_total
     from abexrat.features import build_encoder, featurize, n_to_embed
 
     sets = ([f"encoder.name={encoder}"] if encoder else []) + ([f"data.data_dir={data_dir}"] if data_dir else [])
@@ -122,8 +122,7 @@ def embed(
     n = n_to_embed(ds)
     t0 = time.perf_counter()
     with progress() as bar:
-        total = n * len(leaves(enc))  # the bar advances once per text and encoder part
-        feats = featurize(ds, enc, progress=bar.task(f"encoding with {cfg.encoder.name}", total))
+        feats = featurize(ds, enc, progress=bar.task(f"encoding with {cfg.encoder.name}", progress_total(enc, n)))
     s = feats.stats
     out.print(
         f"{n} texts, dim {enc.dim}: {s.encoded} encoded, {s.cached} cached "

@@ -155,6 +155,12 @@ def _load_arrays(folder: Path) -> dict[str, np.ndarray]:
     return {k.split(".", 1)[1]: v for k, v in load_file(str(folder / "encoder.safetensors")).items()}
 
 
+def progress_total(enc: Encoder, n_texts: int) -> int:
+    """What :func:`embed_texts` reports to its ``progress`` for ``n_texts`` texts: each text once per
+    encoder part."""
+    return n_texts * len(leaves(enc))
+
+
 def embed_texts(
     enc: Encoder,
     texts: list[str],
@@ -166,7 +172,8 @@ def embed_texts(
     """Embed ``texts`` into an array of shape (n, enc.dim), encoding only what the cache lacks.
 
     ``fit_texts`` are the training originals for encoders that fit (tf-idf); ``progress``
-    is called with the number of texts encoded after each chunk.
+    is called with counts of texts done (encoded, found in the cache, or repeats) that add up to
+    :func:`progress_total`.
 
     With ``enc.title_weight`` w > 0, a text with a title line (see ``abexrat.text.compose_text``)
     becomes l2(l2(v(text)) + w l2(v(title))): the title counts as much as the whole narrative

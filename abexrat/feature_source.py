@@ -58,15 +58,13 @@ def _in_memory(
     cfg: TrainConfig, progress: Any, copies: tuple[bool, bool], ds: Dataset | None, enc: Encoder | None
 ) -> Made:
     from abexrat.datasets import load_dataset
-    from abexrat.embed import EmbeddingCache
-    from abexrat.encoders import leaves
+    from abexrat.embed import EmbeddingCache, progress_total
     from abexrat.features import build_encoder, featurize, n_to_embed
 
     ds = ds if ds is not None else load_dataset(cfg)
     enc = enc if enc is not None else build_encoder(cfg)
     untitled, short = copies
-    n_texts = n_to_embed(ds, untitled, short) * len(leaves(enc))  # the bar advances per text and encoder part
-    advance = progress.task("encoding", n_texts) if progress else None
+    advance = progress.task("encoding", progress_total(enc, n_to_embed(ds, untitled, short))) if progress else None
     cache = EmbeddingCache()
     feats = featurize(ds, enc, cache, advance, untitled=untitled, short=short)  # fits enc too
     if cfg.robustness.enabled:  # natural perturbations: encoded once, for every seed or trial

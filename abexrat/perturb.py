@@ -107,8 +107,7 @@ def perturbed_vectors(
     (n, dim) float32, encoded in one call (cached as any text); plus per split under ``"_changed"``
     the share of reports each perturbation changed (as a 1-d array in :data:`PERTURBATIONS` order).
     ``progress`` (a console ``Progress``) draws the encoding bar."""
-    from abexrat.embed import embed_texts
-    from abexrat.encoders import leaves
+    from abexrat.embed import embed_texts, progress_total
 
     if not cfg.enabled or not cfg.natural:
         return {}
@@ -117,7 +116,7 @@ def perturbed_vectors(
         for name, changed in perturbed_texts(originals, cfg).items():
             parts.append((split, name, originals, changed))
     flat = [t for _, _, _, changed in parts for t in changed]
-    bar = progress.task("encoding perturbed reports", len(flat) * len(leaves(enc))) if progress and flat else None
+    bar = progress.task("encoding perturbed reports", progress_total(enc, len(flat))) if progress and flat else None
     X = embed_texts(enc, flat, fit_texts=fit_texts, cache=cache, progress=bar) if flat else np.zeros((0, 0), np.float32)
     out: dict[str, dict[str, np.ndarray]] = {split: {} for split in texts}
     start = 0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from abexrat.core.errors import UserError
-from abexrat.embed import EmbeddingCache, EmbedStats, embed_texts, fit_encoder
+from abexrat.embed import EmbeddingCache, EmbedStats, embed_texts, fit_encoder, progress_total
 from abexrat.encoders import load_encoder, make_encoder, save_encoder
 
 TEXTS = [
@@ -90,8 +90,9 @@ def test_cache_second_run_encodes_nothing(tmp_path: Path) -> None:
     # the progress bar counts every text of every part, encoded, cached or repeated: it ends full
     ticks: list[int] = []
     texts = [*TEXTS, "a new report", "another new one", "another new one"]
-    embed_texts(make_encoder("hybrid", tfidf_dim=4, tfidf_min_df=1), texts, TEXTS, cache, progress=ticks.append)
-    assert sum(ticks) == 2 * len(texts) == 18
+    enc = make_encoder("hybrid", tfidf_dim=4, tfidf_min_df=1)
+    embed_texts(enc, texts, TEXTS, cache, progress=ticks.append)
+    assert sum(ticks) == progress_total(enc, len(texts)) == 2 * len(texts) == 18
 
 
 def test_the_encoder_contract_fit_returns_self_and_the_fitted_state_comes_back_from_the_cache(
