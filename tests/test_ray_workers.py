@@ -103,3 +103,30 @@ def test_the_modules_imported_ahead_are_those_tune_imports_before_a_search(tmp_p
     assert out["before"] == {"ray.air.integrations.wandb": False, "tensorboardX": False}
     assert out["by_tune"] == {"ray.air.integrations.wandb": True, "tensorboardX": True}
     assert out["alive"] is False
+
+
+WANDB_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    import wandb
+    from abexrat.study.runner import WANDB_RUN_MODULES
+
+    before = {m: m in sys.modules for m in WANDB_RUN_MODULES}
+    run = wandb.init(mode="offline", dir=os.environ["OUT"], settings=wandb.Settings(silent=True, console="off"))
+    run.finish()
+    print(json.dumps({"before": before, "after": {m: m in sys.modules for m in WANDB_RUN_MODULES}}))
+    """
+)
+
+
+def test_the_wandb_modules_imported_ahead_are_those_a_first_run_imports(tmp_path) -> None:  # noqa: ANN001
+    """``WANDB_RUN_MODULES`` (imported beside ``TUNE_LAZY_MODULES`` when a study tracks) are modules
+    that the first ``wandb.init`` of a process imports, and ``import wandb`` alone does not."""
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHONWARNINGS": "ignore", "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, "-c", WANDB_SCRIPT], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {
+        "before": {"wandb.sdk.launch.inputs.internal": False},
+        "after": {"wandb.sdk.launch.inputs.internal": True},
+    }

@@ -45,6 +45,9 @@ TRIAL_MODULES = ("torch", "ray.tune", "abexrat.study.trial")
 # every logger integration (wandb's: ~0.7 s), its default loggers tensorboardX (~0.2-2 s). Imported
 # in a thread while the data is encoded, they no longer hold up the first trials.
 TUNE_LAZY_MODULES = ("ray.air.integrations.wandb", "tensorboardX")
+# What the first W&B run of a process imports in ``wandb.init`` (its launch-inputs check, ~0.5 s):
+# otherwise the thread that logs the trials spends that CPU while the first trials train.
+WANDB_RUN_MODULES = ("wandb.sdk.launch.inputs.internal",)
 
 
 def _import_in_background(modules: tuple[str, ...]) -> threading.Thread:
@@ -213,7 +216,7 @@ def run_study(
         storage = search_storage(study, out, out / SEARCH, resume) if study.kind == "search" else None
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "study.json", public_settings(study.model_dump(mode="json")))
-        imports = _import_in_background(TUNE_LAZY_MODULES)
+        imports = _import_in_background(TUNE_LAZY_MODULES + (WANDB_RUN_MODULES if tracking_mode != "disabled" else ()))
         t_enc = time.perf_counter()
         feats, cv_ref = _encode(study, inputs)
         encode_s = time.perf_counter() - t_enc
