@@ -14,6 +14,8 @@ Headline keys (the issue's targets in ``targets``):
 - ``trainer_flops_fraction``: the trainer's FLOP/s / a tight-loop replay of the same matmuls, at the
   recipe's ``train.precision`` (``trainer_precision``: bf16 where ``auto`` chose it). Target >= 0.70.
   ``trainer_flops_fraction_fp32``: the same with fp32 products, against the fp32 replay.
+  ``trainer_flops_fraction_ceiling``: the most a trainer that ran only those products (in the
+  trainer's order) and its AdamW updates would reach against the same replay.
 - ``embedding_texts_per_s``: per encoder (hf-* are toy random-weight models).
 - ``embed_texts_per_s``: the transformer encoder (``embed_model``, all-MiniLM-L6-v2) through abexrat
   (``abexrat``, ``abexrat-fp32``) and what a user would pick instead (``sentence-transformers``,
@@ -115,6 +117,7 @@ def main() -> None:
             "optuna": plain.get("trials_per_hour"),
         },
         "trainer_flops_fraction": trainer.get("trainer_flops_fraction"),
+        "trainer_flops_fraction_ceiling": trainer.get("trainer_flops_fraction_ceiling"),
         "trainer_gflops": trainer.get("trainer_gflops"),
         "floor_gflops": trainer.get("floor_gflops"),
         "trainer_precision": trainer.get("headline", {}).get("precision"),

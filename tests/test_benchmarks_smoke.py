@@ -38,6 +38,23 @@ def test_trainer_bench_counts_what_runs_and_replays_it() -> None:
         assert r["flops_counted"] == r["flops_analytic"]["total"]
         assert r["steps"] == 7 and (r["attack_steps"] > 0) == (method == "rat")
         assert r["trainer_flops_fraction"] > 0 and r["floor_gflops"] > 0
+        assert len(r["products_in_order_s"]) == len(r["update_s"]) == 1
+        assert r["products_in_order_s"][0] > 0 and r["update_s"][0] > 0
+        ceiling = r["floor_s"][0] / (r["products_in_order_s"][0] + r["update_s"][0])
+        assert r["trainer_flops_fraction_ceiling"] == pytest.approx(ceiling)
+
+
+def test_census_records_the_calls_in_the_order_they_ran() -> None:
+    import bench_trainer
+    import torch
+
+    a, b = torch.randn(2, 3, 4), torch.randn(2, 4, 5)
+    order: list = []
+    calls, flops = bench_trainer.census(lambda: (torch.bmm(a, b), torch.mm(a[0], b[0]), torch.bmm(a, b)), order=order)
+    assert [k[0].overloadpacket.__name__ for k in order] == ["bmm", "mm", "bmm"]
+    assert calls == {order[0]: 2, order[1]: 1} and order[0] == order[2]
+    assert flops == 2 * (2 * 2 * 3 * 4 * 5) + 2 * 3 * 4 * 5
+    assert bench_trainer.in_order_time(order, threads=1) > 0
 
 
 def test_optuna_peer_searches_the_study_space_in_one_process(tmp_path, tiny_dir) -> None:  # noqa: ANN001
