@@ -74,6 +74,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def clock_for(threads: int) -> Any:
+    """The clock a benchmark times itself with: this process's CPU time at 1 thread (robust to other
+    processes on the machine), wall time with more (CPU time would add the threads up)."""
+    return time.process_time if threads == 1 else time.perf_counter
+
+
 def write_json(path: str | Path | None, data: dict[str, Any]) -> None:
     text = json.dumps(data, indent=2, sort_keys=False, default=float)
     if path:

@@ -25,11 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, machine, setup_env, write_json  # noqa: E402
-
-
-def _clock(threads: int) -> Any:
-    return time.process_time if threads == 1 else time.perf_counter
+from _common import REPO, clock_for, machine, setup_env, write_json  # noqa: E402
 
 
 def measure(overrides: list[str], splits: tuple[str, ...], threads: int) -> dict[str, Any]:
@@ -44,7 +40,7 @@ def measure(overrides: list[str], splits: tuple[str, ...], threads: int) -> dict
     from abexrat.train import fit
 
     torch.set_num_threads(threads)
-    clock = _clock(threads)
+    clock = clock_for(threads)
     cfg = load_train_config(REPO / "studies" / "baseline_offline.yaml", overrides)
     ds, enc, cache = load_dataset(cfg), build_encoder(cfg), EmbeddingCache()
     feats = featurize(ds, enc, cache)

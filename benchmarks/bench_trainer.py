@@ -40,13 +40,12 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, machine, setup_env, write_json  # noqa: E402
+from _common import REPO, clock_for, machine, setup_env, write_json  # noqa: E402
 
 MATMULS = {"mm", "bmm", "baddbmm", "baddbmm_", "addmm", "addmm_", "addbmm", "addbmm_", "matmul"}
 
@@ -130,8 +129,7 @@ def replay_time(
     """Floor: each distinct call alone in a tight loop; returns (sum of count x seconds per call, rows)."""
 
     flops, operands = flops or flops_of, operands or _operands
-    use_cpu = threads == 1
-    clock = time.process_time if use_cpu else time.perf_counter
+    clock = clock_for(threads)
     total, rows = 0.0, []
     for key, count in calls.items():
         func, real_args, real_kwargs = operands_of(key)
@@ -186,7 +184,7 @@ def in_order_time(order: list[Any], threads: int) -> float:
     """The recorded products replayed once in the order the trainer ran them, nothing between them
     (operands built once per distinct call): what the products cost in sequence, as opposed to
     each alone in a tight loop (the floor)."""
-    clock = time.process_time if threads == 1 else time.perf_counter
+    clock = clock_for(threads)
     built = {key: operands_of(key) for key in dict.fromkeys(order)}
     for func, args, kwargs in built.values():
         func(*args, **kwargs)  # warm
@@ -210,7 +208,7 @@ def update_time(dims: list[int], S: int, steps: int, lr: float, weight_decay: fl
         p.grad = torch.randn_like(p)
     opt = adamw(params, lr, weight_decay)
     opt.step()  # warm
-    clock = time.process_time if threads == 1 else time.perf_counter
+    clock = clock_for(threads)
     t0 = clock()
     for _ in range(steps):
         opt.step()
@@ -274,8 +272,7 @@ def bench(
         m.plan = counted
 
     def run() -> float:
-        use_cpu = threads == 1
-        clock = time.process_time if use_cpu else time.perf_counter
+        clock = clock_for(threads)
         t0 = clock()
         fit(X, y, C, cfg, seeds, val=(Xv, yv))
         return clock() - t0

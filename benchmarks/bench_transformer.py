@@ -42,7 +42,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import cores, load_avg, machine, setup_env, write_json  # noqa: E402
+from _common import clock_for, cores, load_avg, machine, setup_env, write_json  # noqa: E402
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 PEERS = ("abexrat", "abexrat-fp32", "sentence-transformers", "sentence-transformers-bf16", "onnxruntime")
@@ -204,7 +204,7 @@ def peer_child(args: argparse.Namespace) -> None:
     encode, info = _encoder(args.peer, args.model, folder, Path(args.onnx) if args.onnx else None, args.child_threads)
     encode(texts["warmup"])
     load_s = time.perf_counter() - t0
-    clock = time.process_time if args.child_threads == 1 else time.perf_counter
+    clock = clock_for(args.child_threads)
     c0 = clock()
     vecs = encode(texts["texts"])
     seconds = clock() - c0
