@@ -48,11 +48,16 @@ SCRIPT = textwrap.dedent(
 )
 
 
+def run_script(script: str, env: dict[str, str]) -> dict:
+    """Run ``script`` in a fresh Python (its own Ray, its own imports); the JSON of its last line."""
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def test_trials_run_in_prestarted_preloaded_workers(tmp_path) -> None:  # noqa: ANN001
     env = {**os.environ, "RAY_ADDRESS": "local", "OUT": str(tmp_path), "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_script(SCRIPT, env)
     rows = out["rows"]
     assert len(rows) == 2 and len({r["pid"] for r in rows}) == 2
     for r in rows:
@@ -97,9 +102,7 @@ def test_the_modules_imported_ahead_are_those_tune_imports_before_a_search(tmp_p
     """``TUNE_LAZY_MODULES`` (imported in a thread while a study encodes its data) are modules that a
     Tune run imports in the driver otherwise; one that cannot be imported does not break the thread."""
     env = {**os.environ, "RAY_ADDRESS": "local", "OUT": str(tmp_path), "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-c", LAZY_SCRIPT], env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_script(LAZY_SCRIPT, env)
     assert out["before"] == {"ray.air.integrations.wandb": False, "tensorboardX": False}
     assert out["by_tune"] == {"ray.air.integrations.wandb": True, "tensorboardX": True}
     assert out["alive"] is False
@@ -123,9 +126,7 @@ def test_the_wandb_modules_imported_ahead_are_those_a_first_run_imports(tmp_path
     """``WANDB_RUN_MODULES`` (imported beside ``TUNE_LAZY_MODULES`` when a study tracks) are modules
     that the first ``wandb.init`` of a process imports, and ``import wandb`` alone does not."""
     env = {**os.environ, "OUT": str(tmp_path), "PYTHONWARNINGS": "ignore", "WANDB_MODE": "offline"}
-    proc = subprocess.run([sys.executable, "-c", WANDB_SCRIPT], env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_script(WANDB_SCRIPT, env)
     assert out == {
         "before": {"wandb.sdk.launch.inputs.internal": False},
         "after": {"wandb.sdk.launch.inputs.internal": True},

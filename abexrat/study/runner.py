@@ -59,7 +59,7 @@ def _import_in_background(modules: tuple[str, ...]) -> threading.Thread:
             with contextlib.suppress(Exception):
                 importlib.import_module(name)
 
-    thread = threading.Thread(target=work, name="tune-imports", daemon=True)
+    thread = threading.Thread(target=work, name="ahead-imports", daemon=True)
     thread.start()
     return thread
 
