@@ -131,3 +131,32 @@ def test_the_wandb_modules_imported_ahead_are_those_a_first_run_imports(tmp_path
         "before": {"wandb.sdk.launch.inputs.internal": False},
         "after": {"wandb.sdk.launch.inputs.internal": True},
     }
+
+
+HALF_IMPORT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    from abexrat.study.runner import TUNE_LAZY_MODULES, _import_in_background
+
+    assert "torch" not in sys.modules
+    thread = _import_in_background(TUNE_LAZY_MODULES)
+    # what scipy's and sklearn's array checks do: read sys.modules without the import lock
+    probes, half_seen = 0, 0
+    while thread.is_alive():
+        mod = sys.modules.get("torch")
+        probes += 1
+        half_seen += mod is not None and not hasattr(mod, "Tensor")
+        time.sleep(0.001)  # the import thread still gets the GIL
+    print(json.dumps({"probes": probes, "half_seen": half_seen, "torch": hasattr(sys.modules.get("torch"), "Tensor")}))
+    """
+)
+
+
+def test_the_main_thread_never_sees_torch_half_imported(tmp_path) -> None:  # noqa: ANN001
+    """While the ahead imports run, the data is encoded in the main thread, where scipy reads
+    ``sys.modules["torch"].Tensor`` without the import lock: torch, which tensorboardX imports, must
+    never be seen there half-initialized (a study crashed with "partially initialized module 'torch'")."""
+    out = run_script(HALF_IMPORT_SCRIPT, {**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert out["probes"] > 0
+    assert out["half_seen"] == 0
+    assert out["torch"] is True

@@ -48,11 +48,19 @@ TUNE_LAZY_MODULES = ("ray.air.integrations.wandb", "tensorboardX")
 # What the first W&B run of a process imports in ``wandb.init`` (its launch-inputs check, ~0.5 s):
 # otherwise the thread that logs the trials spends that CPU while the first trials train.
 WANDB_RUN_MODULES = ("wandb.sdk.launch.inputs.internal",)
+# Modules that code in the main thread reads from ``sys.modules`` without the import lock (scipy's
+# and scikit-learn's array checks read ``sys.modules["torch"].Tensor`` while the data is encoded): one
+# that the thread is still importing would be seen there half-initialized, so these (tensorboardX
+# imports torch) are imported before the thread starts.
+UNLOCKED_PROBED_MODULES = ("torch",)
 
 
 def _import_in_background(modules: tuple[str, ...]) -> threading.Thread:
     """Import ``modules`` in a daemon thread (join it before the code that needs them); one that
-    fails to import is left to fail where it is used."""
+    fails to import is left to fail where it is used. ``UNLOCKED_PROBED_MODULES`` are imported first,
+    in the calling thread."""
+    for name in UNLOCKED_PROBED_MODULES:
+        importlib.import_module(name)
 
     def work() -> None:
         for name in modules:
