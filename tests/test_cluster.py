@@ -23,7 +23,11 @@ from tests.test_study import study_file
 
 N_TRIALS = 6
 SEEN: list[Any] = []  # the running trials and live actors the killer last saw
-EPOCHS = 60  # a trial trains for seconds
+# A trial trains for ~10 s (~50 ms an epoch), and a victim has at least EPOCHS_LEFT epochs (~5 s) to
+# go as the driver last recorded it: on 2 loaded cores the driver writes a trial's reports 1-2 s
+# after the worker made them, and a 60-epoch trial could finish before its first report was written.
+EPOCHS = 200
+EPOCHS_LEFT = 100
 STUDY = f"""
 space:
   adversarial.eps: {{type: float, low: 0.01, high: 1.0, log: true}}
@@ -48,7 +52,7 @@ def _kill_a_running_trial(out: Path, kill: Callable[[dict[str, Any]], set[int]],
     ``report`` waits until the driver has taken the previous result."""
     deadline = time.time() + 300
     while time.time() < deadline:
-        running = running_trials(out / "search")
+        running = running_trials(out / "search", max_epoch=EPOCHS - EPOCHS_LEFT)
         for _trial_id, pid, _epoch in running:
             actor = trial_actor(pid)
             if actor is not None and (pids := kill(actor)):
