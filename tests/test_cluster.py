@@ -48,8 +48,8 @@ def _kill_a_running_trial(out: Path, kill: Callable[[dict[str, Any]], set[int]],
     """Wait for a search trial that is mid-training in a live Tune actor and hand that actor to
     ``kill``, which returns the pids of the processes it killed (none: it could not) into ``killed``.
 
-    A trial seen unfinished in result.json is still running: Tune paces a function trainable, whose
-    ``report`` waits until the driver has taken the previous result."""
+    A trial's result.json lags its worker, which trains on while the driver takes its reports: one
+    seen there with ``EPOCHS_LEFT`` epochs to go is still training (``hit_trials`` checks it was)."""
     deadline = time.time() + 300
     while time.time() < deadline:
         running = running_trials(out / "search", max_epoch=EPOCHS - EPOCHS_LEFT)
